@@ -1,0 +1,104 @@
+"""Reading and checking params.yaml: every wrong name or type fails before any work starts."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from normbench.registry import ConfigError, Registry
+
+OPTIMIZERS = Registry("train.optimizer", {"adam": "adam", "sgd": "sgd"})
+SCHEDULERS = Registry("train.scheduler", {"cosine": "cosine", "none": "none"})
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found; run from the project root")
+    params = yaml.safe_load(path.read_text())
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must hold a mapping of params, got {type(params).__name__}")
+    return params
+
+
+def require(params: Mapping[str, Any], key: str) -> Any:
+    """``params[key]`` for a dotted key, or an error naming the missing key."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"params.yaml has no {key!r}; see the README's params section")
+        node = node[part]
+    return node
+
+
+def check_type(value: Any, typ: type, key: str) -> Any:
+    """Accept ``value`` if it is a ``typ`` (an int where a float is asked); bools are not numbers."""
+    ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_block(block: Any, schema: Mapping[str, type], where: str) -> dict[str, Any]:
+    """Check that a params mapping has exactly the keys of ``schema``, each of the right type."""
+    if block is None and not schema:
+        return {}
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(block).__name__} {block!r}")
+    unknown = sorted(set(block) - set(schema))
+    missing = sorted(set(schema) - set(block))
+    if unknown or missing:
+        raise ConfigError(
+            f"{where}: unknown keys {unknown}, missing keys {missing}; "
+            f"valid keys: {', '.join(schema)}"
+        )
+    return {k: check_type(block[k], t, f"{where}.{k}") for k, t in schema.items()}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` block of params.yaml: the seed study's settings by default."""
+
+    epochs: int  # passes over the train split
+    batch_size: int  # images per optimizer step
+    eval_batch_size: int  # images per forward pass at test time (memory only, not results)
+    lr: float  # peak learning rate
+    weight_decay: float  # L2 penalty coefficient (Adam's coupled form)
+    optimizer: str  # adam | sgd (momentum 0.9)
+    scheduler: str  # cosine (per step, down to 0) | none
+    pad: int  # zero padding in pixels before the random crop back to the image size
+    flip: bool  # random horizontal flip, per image
+
+    @classmethod
+    def from_params(cls, block: Any) -> "TrainConfig":
+        schema = typing.get_type_hints(cls)
+        cfg = cls(**check_block(block, schema, "train"))
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(cfg, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg, key)}")
+        if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.pad < 0:
+            raise ConfigError("train.lr must be > 0, train.weight_decay and train.pad >= 0")
+        OPTIMIZERS.check(cfg.optimizer)
+        SCHEDULERS.check(cfg.scheduler)
+        return cfg
+
+
+def resolve_device(name: Any) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; asking for CUDA without it is an error."""
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or
+                                         name.startswith("cuda:")):
+        raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} asked for, but this machine has no CUDA device; "
+                          "use device: auto or device: cpu")
+    return torch.device(name)

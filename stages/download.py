@@ -1,0 +1,24 @@
+"""download@<dataset>: build one dataset and write it in the uniform array format."""
+
+import argparse
+
+from normbench.config import load_params, require
+from normbench.datasets import DATASETS, build_dataset, save_arrays
+from normbench.io import run_main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("dataset", help=f"one of: {', '.join(DATASETS)}")
+    ap.add_argument("out", help="output folder")
+    args = ap.parse_args()
+    DATASETS.check(args.dataset)
+    params = load_params()
+    arrays = build_dataset(args.dataset, require(params, f"data.{args.dataset}"))
+    save_arrays(arrays, args.out)
+    print(f"{args.dataset}: {len(arrays.train.labels)} train, {len(arrays.test.labels)} test, "
+          f"{len(arrays.classes)} classes, {arrays.train.images.shape[1:]} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

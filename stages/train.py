@@ -1,0 +1,84 @@
+"""train@<model>-<dataset>-<seed>: train one cell and write its metrics, curves and checkpoint."""
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+import torchvision
+from dvclive import Live
+
+from normbench.config import TrainConfig, load_params, require, resolve_device
+from normbench.datasets import DATASETS, load_arrays
+from normbench.io import atomic_path, read_json, run_main, write_json
+from normbench.models import MODELS, WEIGHTS, build_model
+from normbench.normalizations import NORMALIZATIONS
+from normbench.stats import read_channel_stats
+from normbench.train import seed_everything, train_cell
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    ap.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    ap.add_argument("--seed", required=True, type=int)
+    ap.add_argument("--data", required=True, help="dataset folder (download stage)")
+    ap.add_argument("--stats", required=True, help="dataset statistics JSON (stats stage)")
+    ap.add_argument("--metrics", required=True, help="output: metrics JSON")
+    ap.add_argument("--live", required=True, help="output: dvclive folder of per-epoch curves")
+    ap.add_argument("--predictions", required=True, help="output: best epoch's test predictions")
+    ap.add_argument("--checkpoint", required=True, help="output: best epoch's weights and config")
+    args = ap.parse_args()
+
+    # Check every input before any work, so a typo costs seconds, not a training run.
+    params = load_params()
+    model_name, dataset = MODELS.check(args.model), DATASETS.check(args.dataset)
+    norm_name = NORMALIZATIONS.check(require(params, "norm"))
+    weights = WEIGHTS.check(require(params, "weights"))
+    cfg = TrainConfig.from_params(require(params, "train"))
+    device = resolve_device(require(params, "device"))
+    arrays = load_arrays(args.data)
+    stats_record = read_json(args.stats, "dataset statistics",
+                             f"run `dvc repro stats@{dataset}` to rebuild them")
+    stats = read_channel_stats(stats_record)
+
+    seed_everything(args.seed)
+    model = build_model(model_name, len(arrays.classes), weights)
+    cell = f"{model_name}-{dataset}-{args.seed}"
+    print(f"{cell}: norm={norm_name} weights={weights} device={device} epochs={cfg.epochs}")
+
+    with atomic_path(args.live) as live_dir:
+        live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+
+        def on_epoch(record: dict) -> None:
+            for key, value in record.items():
+                if key != "epoch":
+                    live.log_metric(key, value)
+            live.next_step()  # dvclive's step == epoch: step 0 is the untrained model
+            print(f"  epoch {record['epoch']:3d}  test_acc {record['test_acc']:.4f}  "
+                  f"test_loss {record['test_loss']:.4f}", flush=True)
+
+        result = train_cell(model, arrays, NORMALIZATIONS[norm_name], stats, cfg, args.seed,
+                            device, on_epoch=on_epoch)
+        live.end()
+
+    metrics = result.metrics()
+    with atomic_path(args.predictions) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, result.best_predictions)
+    with atomic_path(args.checkpoint) as tmp:
+        torch.save({
+            "state_dict": result.best_state,
+            "model": model_name, "dataset": dataset, "seed": args.seed,
+            "norm": norm_name, "weights": weights, "classes": arrays.classes,
+            "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
+            "train": dataclasses.asdict(cfg), "metrics": metrics,
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+        }, tmp)
+    write_json(args.metrics, metrics)  # last: metrics exist only for a finished cell
+    print(f"{cell}: best_acc {metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
+          f"{metrics['images_per_s']:.0f} img/s")
+
+
+if __name__ == "__main__":
+    run_main(main)
