@@ -10,6 +10,7 @@ from dvclive import Live
 
 from normbench.config import TrainConfig, load_params, require, resolve_device
 from normbench.datasets import DATASETS, load_arrays
+from normbench.grid import cell_name
 from normbench.io import atomic_path, read_json, run_main, write_json
 from normbench.models import MODELS, WEIGHTS, build_model
 from normbench.normalizations import NORMALIZATIONS
@@ -44,7 +45,7 @@ def main() -> None:
 
     seed_everything(args.seed)
     model = build_model(model_name, len(arrays.classes), weights)
-    cell = f"{model_name}-{dataset}-{args.seed}"
+    cell = cell_name(model_name, dataset, args.seed)
     print(f"{cell}: norm={norm_name} weights={weights} device={device} epochs={cfg.epochs}")
 
     with atomic_path(args.live) as live_dir:

@@ -1,0 +1,25 @@
+# The two commands of the README: `make repro` and `make test`. Both set up .venv first.
+VENV := .venv
+STAMP := $(VENV)/.installed
+# Stage commands say `python`; this makes it the virtual environment's.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup repro test clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

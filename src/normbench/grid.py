@@ -1,0 +1,41 @@
+"""The experiment grid: which train cells (model x dataset x seed) params.yaml asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from normbench.config import check_type, require
+from normbench.datasets import DATASETS
+from normbench.models import MODELS
+from normbench.registry import ConfigError, Registry
+
+
+def cell_name(model: str, dataset: str, seed: int) -> str:
+    """The one name of a train cell: stage ``train@<cell>``, ``metrics/<cell>.json``, ..."""
+    return f"{model}-{dataset}-{seed}"
+
+
+def _names(params: Mapping[str, Any], key: str, registry: Registry) -> list[str]:
+    values = require(params, key)
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{key} must be a non-empty list; valid names: {', '.join(registry)}")
+    return [registry.check(v) for v in values]
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: list[str]
+    datasets: list[str]
+    seeds: list[int]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Grid":
+        seeds = require(params, "seeds")
+        if not isinstance(seeds, list) or not seeds:
+            raise ConfigError("seeds must be a non-empty list of integers")
+        return cls(_names(params, "models", MODELS), _names(params, "datasets", DATASETS),
+                   [check_type(s, int, "seeds[]") for s in seeds])
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(m, d, s) for m in self.models for d in self.datasets for s in self.seeds]

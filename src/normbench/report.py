@@ -1,0 +1,205 @@
+"""The report: tables and figures from the declared outputs of the download, stats and train stages.
+
+It is written three ways from the same tables: markdown (renders on GitHub), a static HTML page
+with the figures embedded (opens offline, no JavaScript), and the PNG figures themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: the report is built on machines without a screen
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from normbench.grid import Grid, cell_name  # noqa: E402
+from normbench.io import read_json  # noqa: E402
+from normbench.normalizations import NORMALIZATIONS  # noqa: E402
+from normbench.registry import ConfigError  # noqa: E402
+
+CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
+    """One row per cell of the grid: model, dataset, seed and its metrics."""
+    rows = []
+    for m, d, s in grid.cells():
+        cell = cell_name(m, d, s)
+        metrics = read_json(Path(metrics_dir) / f"{cell}.json", "metrics",
+                            f"run `dvc repro train@{cell}`")
+        rows.append({"model": m, "dataset": d, "seed": s, **metrics})
+    return pd.DataFrame(rows)
+
+
+def read_history(grid: Grid, live_dir: Path) -> pd.DataFrame:
+    """Long table of per-epoch curves (model, dataset, seed, cell, epoch, <curve>...)."""
+    frames = []
+    for m, d, s in grid.cells():
+        cell = cell_name(m, d, s)
+        curves = None
+        for name in CURVES:
+            path = Path(live_dir) / cell / "plots" / "metrics" / f"{name}.tsv"
+            if not path.is_file():
+                raise ConfigError(f"curve {path} not found; run `dvc repro train@{cell}`")
+            curve = pd.read_csv(path, sep="\t").rename(columns={"step": "epoch"})
+            curves = curve if curves is None else curves.merge(curve, on="epoch", how="outer")
+        frames.append(curves.assign(cell=cell, model=m, dataset=d, seed=s))
+    cols = ["cell", "model", "dataset", "seed", "epoch", *CURVES]
+    return pd.concat(frames, ignore_index=True)[cols].sort_values(["cell", "epoch"])
+
+
+def mean_pm_std(values: pd.Series, scale: float = 100.0) -> str:
+    """'93.1 ± 0.4' (n seeds > 1) or '93.1' (one seed), in percent by default."""
+    mean = values.mean() * scale
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {values.std(ddof=1) * scale:.2f}"
+
+
+def accuracy_table(metrics: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """Best test accuracy (%) per model x dataset, mean ± sample std over seeds."""
+    table = (metrics.groupby(["model", "dataset"], sort=False)["best_acc"]
+             .agg(mean_pm_std).unstack("dataset"))
+    return table.reindex(index=grid.models, columns=grid.datasets)
+
+
+def stats_table(stats: dict[str, dict]) -> pd.DataFrame:
+    """The seed's Table 1, for every setting: channel mean / std after each normalization."""
+    def triple(v: list[float]) -> str:
+        return "(" + ", ".join(f"{x:.2f}" for x in v) + ")"
+
+    rows = []
+    for dataset, rec in stats.items():
+        row = {"dataset": dataset, "train images": rec["n_images"],
+               "size": "x".join(map(str, rec["image_size"])),
+               "raw mean": triple(rec["mean"]), "raw std": triple(rec["std"])}
+        for norm in NORMALIZATIONS:
+            after = rec["after"][norm]
+            row[f"after {norm}"] = f"mean {triple(after['mean'])}<br>std {triple(after['std'])}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+def history_figure(history: pd.DataFrame, grid: Grid, curve: str, ylabel: str) -> plt.Figure:
+    """One panel per dataset, one line per model (and seed), epoch on x."""
+    fig, axes = plt.subplots(1, len(grid.datasets), figsize=(4.2 * len(grid.datasets), 3.4),
+                             squeeze=False, constrained_layout=True)
+    colours = plt.get_cmap("tab10")
+    for ax, dataset in zip(axes[0], grid.datasets):
+        for i, model in enumerate(grid.models):
+            for j, seed in enumerate(grid.seeds):
+                h = history[(history.model == model) & (history.dataset == dataset)
+                            & (history.seed == seed)].dropna(subset=[curve])
+                scale = 100.0 if curve.endswith("acc") else 1.0
+                ax.plot(h.epoch, h[curve] * scale, marker="o", ms=3, color=colours(i % 10),
+                        alpha=0.9 if len(grid.seeds) == 1 else 0.6,
+                        label=model if j == 0 else None)
+        ax.set_title(dataset)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})  # no version stamp
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    setting: dict[str, str]
+    sections: list[tuple[str, str, pd.DataFrame | None, str | None]]  # heading, text, table, png
+    figures: dict[str, bytes]  # file name -> PNG
+
+
+def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.DataFrame,
+                 stats: dict[str, dict]) -> Report:
+    setting = {"norm": params["norm"], "weights": params["weights"],
+               "epochs": str(params["train"]["epochs"]),
+               "seeds": ", ".join(map(str, grid.seeds))}
+    figures = {
+        "accuracy_history.png": _png(history_figure(history, grid, "test_acc",
+                                                    "test accuracy (%)")),
+        "loss_history.png": _png(history_figure(history, grid, "test_loss",
+                                                "test loss (cross-entropy)")),
+    }
+    n_seeds = len(grid.seeds)
+    spread = "mean ± sample std over seeds" if n_seeds > 1 else "one seed, so no error bar"
+    sections = [
+        ("Best test accuracy (%)",
+         f"Highest test accuracy over the epochs of each cell, as the seed study reports it "
+         f"({spread}). `metrics/<cell>.json` also holds the last epoch's accuracy (final_acc).",
+         accuracy_table(metrics, grid), None),
+        ("Test accuracy per epoch", "Epoch 0 is the model before training.", None,
+         "accuracy_history.png"),
+        ("Test loss per epoch", "", None, "loss_history.png"),
+        ("Dataset statistics (Table 1, every setting)",
+         "Per-channel mean and std of the train split in [0, 1] units, and of the inputs the "
+         "model sees after each normalization (before augmentation).",
+         stats_table(stats), None),
+        ("Cells", "Every cell's metrics file.", metrics.round(4), None),
+    ]
+    return Report("normbench report", setting, sections, figures)
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# {report.title}", "",
+             " · ".join(f"**{k}**: `{v}`" for k, v in report.setting.items()), ""]
+    for heading, text, table, png in report.sections:
+        lines += [f"## {heading}", ""]
+        if text:
+            lines += [text, ""]
+        if table is not None:
+            lines += [table.to_markdown(index=table.index.name is not None), ""]
+        if png:
+            lines += [f"![{heading}]({png})", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+.setting code { background: #f3f3f3; padding: 0.1em 0.3em; }
+"""
+
+
+def to_html(report: Report) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{report.title}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{report.title}</h1><p class='setting'>",
+             " · ".join(f"<b>{k}</b>: <code>{html.escape(v)}</code>"
+                        for k, v in report.setting.items()), "</p>"]
+    for heading, text, table, png in report.sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if text:
+            parts.append(f"<p>{html.escape(text)}</p>")
+        if table is not None:
+            parts.append(table.to_html(escape=False, index=table.index.name is not None))  # cells hold <br> line breaks only
+        if png:
+            data = base64.b64encode(report.figures[png]).decode()
+            parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: Report, history: pd.DataFrame, out_dir: Path) -> None:
+    """Write index.html, README.md, the PNGs and history.csv (the source of `dvc plots`)."""
+    out_dir.mkdir(parents=True)
+    for name, png in report.figures.items():
+        (out_dir / name).write_bytes(png)
+    (out_dir / "README.md").write_text(to_markdown(report))
+    (out_dir / "index.html").write_text(to_html(report))
+    history.to_csv(out_dir / "history.csv", index=False)

@@ -1,0 +1,33 @@
+"""report: tables and figures for the current setting, from the earlier stages' outputs."""
+
+import argparse
+from pathlib import Path
+
+from normbench.config import load_params
+from normbench.grid import Grid
+from normbench.io import atomic_path, read_json, run_main
+from normbench.report import build_report, read_history, read_metrics, write_report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--metrics", required=True, help="folder of metrics/<cell>.json")
+    ap.add_argument("--live", required=True, help="folder of the cells' dvclive folders")
+    ap.add_argument("--stats", required=True, help="folder of <dataset>.json statistics")
+    ap.add_argument("--out", required=True, help="output folder")
+    args = ap.parse_args()
+
+    params = load_params()
+    grid = Grid.from_params(params)
+    metrics = read_metrics(grid, Path(args.metrics))
+    history = read_history(grid, Path(args.live))
+    stats = {d: read_json(Path(args.stats) / f"{d}.json", "dataset statistics",
+                          f"run `dvc repro stats@{d}`") for d in grid.datasets}
+    report = build_report(params, grid, metrics, history, stats)
+    with atomic_path(args.out) as tmp:
+        write_report(report, history, tmp)
+    print(f"report -> {args.out}/index.html and {args.out}/README.md")
+
+
+if __name__ == "__main__":
+    run_main(main)
