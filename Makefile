@@ -8,9 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
-	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(STAMP)

@@ -1,10 +1,14 @@
 """download@<dataset>: build one dataset and write it in the uniform array format."""
 
 import argparse
+import sys
+from pathlib import Path
 
-from normbench.config import load_params, require
-from normbench.datasets import DATASETS, build_dataset, save_arrays
-from normbench.io import run_main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.config import load_params, require  # noqa: E402
+from normbench.datasets import DATASETS, build_dataset, save_arrays  # noqa: E402
+from normbench.io import run_main  # noqa: E402
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
 """report: tables and figures for the current setting, from the earlier stages' outputs."""
 
 import argparse
+import sys
 from pathlib import Path
 
-from normbench.config import load_params
-from normbench.grid import Grid
-from normbench.io import atomic_path, read_json, run_main
-from normbench.report import build_report, read_history, read_metrics, write_report
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.config import load_params  # noqa: E402
+from normbench.grid import Grid  # noqa: E402
+from normbench.io import atomic_path, read_json, run_main  # noqa: E402
+from normbench.report import build_report, read_history, read_metrics, write_report  # noqa: E402
 
 
 def main() -> None:

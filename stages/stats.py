@@ -1,10 +1,14 @@
 """stats@<dataset>: channel statistics of the train split, before and after each normalization."""
 
 import argparse
+import sys
+from pathlib import Path
 
-from normbench.datasets import load_arrays
-from normbench.io import run_main, write_json
-from normbench.stats import stats_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.datasets import load_arrays  # noqa: E402
+from normbench.io import run_main, write_json  # noqa: E402
+from normbench.stats import stats_table  # noqa: E402
 
 
 def main() -> None:

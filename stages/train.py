@@ -2,20 +2,24 @@
 
 import argparse
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 from dvclive import Live
 
-from normbench.config import TrainConfig, load_params, require, resolve_device
-from normbench.datasets import DATASETS, load_arrays
-from normbench.grid import cell_name
-from normbench.io import atomic_path, read_json, run_main, write_json
-from normbench.models import MODELS, WEIGHTS, build_model
-from normbench.normalizations import NORMALIZATIONS
-from normbench.stats import read_channel_stats
-from normbench.train import seed_everything, train_cell
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.config import TrainConfig, load_params, require, resolve_device  # noqa: E402
+from normbench.datasets import DATASETS, load_arrays  # noqa: E402
+from normbench.grid import cell_name  # noqa: E402
+from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
+from normbench.models import MODELS, WEIGHTS, build_model  # noqa: E402
+from normbench.normalizations import NORMALIZATIONS  # noqa: E402
+from normbench.stats import read_channel_stats  # noqa: E402
+from normbench.train import seed_everything, train_cell  # noqa: E402
 
 
 def main() -> None:

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from normbench.config import TrainConfig, check_block, load_params, resolve_device
+from normbench.grid import Grid
+from normbench.models import WEIGHTS
+from normbench.registry import ConfigError
+
+GOOD = dict(epochs=2, batch_size=8, eval_batch_size=16, lr=0.001, weight_decay=0.0,
+            optimizer="adam", scheduler="cosine", pad=4, flip=True)
+
+
+def test_train_config_accepts_the_params_file_and_ints_for_floats():
+    cfg = TrainConfig.from_params({**GOOD, "lr": 1, "weight_decay": 0})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert TrainConfig.from_params(load_params("params.yaml")["train"]).batch_size == 256
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "abc", "train.epochs must be int, got str 'abc'"),
+    ("epochs", 2.5, "train.epochs must be int, got float"),
+    ("flip", 1, "train.flip must be bool, got int"),
+    ("batch_size", True, "train.batch_size must be int, got bool"),
+    ("epochs", 0, "train.epochs must be >= 1"),
+    ("optimizer", "rmsprop", "unknown train.optimizer 'rmsprop'; valid choices: adam, sgd"),
+    ("scheduler", "step", "valid choices: cosine, none"),
+])
+def test_train_config_rejects_bad_values(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_params({**GOOD, key: value})
+
+
+def test_unknown_and_missing_keys_are_named():
+    bad = {**GOOD, "epoch": 3}
+    del bad["epochs"]
+    with pytest.raises(ConfigError, match=r"unknown keys \['epoch'\], missing keys \['epochs'\]"):
+        TrainConfig.from_params(bad)
+    with pytest.raises(ConfigError, match="data.x must be a mapping"):
+        check_block([1], {"a": int}, "data.x")
+
+
+def test_grid_validates_names_against_registries():
+    params = {"models": ["resnet18"], "datasets": ["digits", "shapes"], "seeds": [1, 2]}
+    assert len(Grid.from_params(params).cells()) == 4
+    with pytest.raises(ConfigError, match="unknown model 'resnet19'; valid choices: resnet18, "):
+        Grid.from_params({**params, "models": ["resnet19"]})
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; valid choices: digits, shapes"):
+        Grid.from_params({**params, "datasets": ["mnist"]})
+    with pytest.raises(ConfigError, match="seeds"):
+        Grid.from_params({**params, "seeds": ["a"]})
+
+
+def test_weights_and_device_choices():
+    with pytest.raises(ConfigError, match="unknown weights 'random'; valid choices: scratch, "
+                                          "imagenet"):
+        WEIGHTS.check("random")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="valid choices: auto, cpu, cuda"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device; use device: auto or device: cpu"):
+            resolve_device("cuda")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")

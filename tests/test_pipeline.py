@@ -1,0 +1,90 @@
+"""End to end: `dvc repro`, `dvc exp run -S norm=...`, metrics diff, plots and the run-cache,
+on a tiny configuration in a temporary git repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+CELL = "resnet18-shapes-223"
+pytestmark = pytest.mark.slow
+
+
+def sh(repo: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the project with a tiny grid: one model, one 48-image dataset, one epoch."""
+    repo = tmp_path_factory.mktemp("normbench")
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
+    params["train"].update(epochs=1, batch_size=16)
+    params["data"]["shapes"]["images_per_class"] = 8
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "test@example.com")
+    sh(repo, "git", "config", "user.name", "test")
+    sh(repo, "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    return repo
+
+
+def test_repro_writes_metrics_curves_predictions_and_report(repo):
+    metrics = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
+    assert 0.0 <= metrics["best_acc"] <= 1.0 and metrics["images_per_s"] > 0
+    curve = (repo / "plots" / CELL / "plots" / "metrics" / "test_acc.tsv").read_text().split()
+    assert curve[:2] == ["step", "test_acc"] and curve[2::2] == ["0", "1"]
+    assert float(curve[-1]) == pytest.approx(metrics["best_acc"])
+    labels = np.load(repo / "data" / "shapes" / "test_labels.npy")
+    preds = np.load(repo / "predictions" / f"{CELL}.npy")
+    assert (preds == labels).mean() == pytest.approx(metrics["best_acc"])
+    stats = json.loads((repo / "data" / "stats" / "shapes.json").read_text())
+    assert stats["n_images"] == 36
+    page = (repo / "report" / "index.html").read_text()
+    assert "<h1>normbench report</h1>" in page and "data:image/png;base64," in page
+    assert f"{metrics['best_acc'] * 100:.2f}" in (repo / "report" / "README.md").read_text()
+    assert "<script" not in page
+    assert (repo / "report" / "accuracy_history.png").read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "checkpoints" / f"{CELL}.pt").is_file()
+
+
+def test_plots_show_has_accuracy_and_loss_per_cell(repo):
+    out = json.loads(sh(repo, "dvc", "plots", "show", "--json"))
+    assert not out.get("errors")
+    titles = set(out["data"])
+    assert {"Test accuracy", "Test loss"} <= titles
+    values = out["data"]["Test accuracy"][0]["content"]["data"]["values"]
+    assert {v["cell"] for v in values} == {CELL} and len(values) == 2
+
+
+def test_exp_run_metrics_diff_and_run_cache_restore(repo):
+    baseline = (repo / "metrics" / f"{CELL}.json").read_text()
+    out = sh(repo, "dvc", "exp", "run", "-S", "norm=minmax")
+    assert f"Running stage 'train@{CELL}'" in out
+    assert "Running stage 'download@shapes'" not in out  # only the cells depend on norm
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    assert "best_acc" in diff[f"metrics/{CELL}.json"]
+    out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
+    assert f"Restored stage 'train@{CELL}' from run-cache" in out
+    assert (repo / "metrics" / f"{CELL}.json").read_text() == baseline

@@ -1,0 +1,68 @@
+"""The stage entry points fail fast, with the fix in the message, and overwrite nothing."""
+
+import time
+
+import pytest
+import yaml
+from conftest import run_stage
+
+CELL = "resnet18-digits-223"
+
+
+def train_args(tmp_path):
+    return ["--model", "resnet18", "--dataset", "digits", "--seed", "223",
+            "--data", "data/digits", "--stats", "data/stats/digits.json",
+            "--metrics", f"metrics/{CELL}.json", "--live", f"plots/{CELL}",
+            "--predictions", f"predictions/{CELL}.npy", "--checkpoint", f"checkpoints/{CELL}.pt"]
+
+
+@pytest.fixture
+def project(tmp_path, params):
+    """A project folder with params and an earlier run's metrics file."""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / f"{CELL}.json").write_text('{"best_acc": 0.5}\n')
+
+    def write(**changes):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, **changes}))
+        return tmp_path
+    return write
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"norm": "zscore"}, "unknown norm 'zscore'; valid choices: dataset, imagenet, instance, "
+                         "minmax, none"),
+    ({"weights": "random"}, "unknown weights 'random'; valid choices: scratch, imagenet"),
+    ({"device": "tpu"}, "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
+    ({"norm": 3}, "norm must be a string, got int 3"),
+    ({"train": {"epochs": "ten"}}, "train: unknown keys"),
+    ({}, "dataset folder data/digits is missing train_images.npy; run `dvc repro download@digits`"),
+])
+def test_train_rejects_bad_input_before_training(project, tmp_path, changes, message):
+    cwd = project(**changes)
+    start = time.monotonic()
+    proc = run_stage(cwd, "train", *train_args(tmp_path))
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 60  # seconds (mostly importing torch), not a training run
+    assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
+    assert not (tmp_path / "plots").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):
+    args = train_args(tmp_path)
+    args[1] = "resnet19"
+    proc = run_stage(project(), "train", *args)
+    assert proc.returncode == 1 and "unknown model 'resnet19'; valid choices: resnet18" in proc.stderr
+
+
+def test_download_unknown_dataset_and_missing_params(project, tmp_path):
+    proc = run_stage(project(), "download", "cifar10", "data/cifar10")
+    assert proc.returncode == 1 and "unknown dataset 'cifar10'; valid choices: digits" in proc.stderr
+    proc = run_stage(project(data={}), "download", "digits", "data/digits")
+    assert proc.returncode == 1 and "params.yaml has no 'data.digits'" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_stats_on_missing_dataset(project, tmp_path):
+    proc = run_stage(project(), "stats", "data/shapes", "data/stats/shapes.json")
+    assert proc.returncode == 1 and "run `dvc repro download@shapes`" in proc.stderr

@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from normbench.config import TrainConfig
+from normbench.datasets import Arrays, Split, make_shapes
+from normbench.models import build_model
+from normbench.normalizations import NORMALIZATIONS, ChannelStats
+from normbench.train import (TrainingDiverged, augment, batches_per_epoch, seed_everything,
+                             train_cell)
+
+CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+STATS = ChannelStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding shows as 0
+    out = augment(x, pad=2, flip=True, gen=gen)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    mirrored = 0
+    for i in range(64):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(out[i], w) for w in windows)
+        flipped = any(torch.equal(out[i], w.flip(2)) for w in windows)
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 15 < mirrored < 49  # about half are flipped
+    assert torch.equal(augment(x, pad=0, flip=False, gen=gen), x)
+
+
+def test_augment_is_seeded():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    a = augment(x, 4, True, torch.Generator().manual_seed(1))
+    b = augment(x, 4, True, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_batches_drop_only_a_last_single_image():
+    assert batches_per_epoch(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batches_per_epoch(9, 4) == [(0, 4), (4, 8)]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Arrays:
+    return make_shapes(images_per_class=12, test_fraction=0.25, seed=0)
+
+
+def run(tiny, seed=3, norm="dataset", cfg=CFG, model="resnet18"):
+    seed_everything(seed)
+    m = build_model(model, len(tiny.classes))
+    return train_cell(m, tiny, NORMALIZATIONS[norm], STATS, cfg, seed, torch.device("cpu"))
+
+
+def test_rerun_on_cpu_gives_identical_results(tiny):
+    a, b = run(tiny), run(tiny)
+    assert a.history == b.history
+    assert np.array_equal(a.best_predictions, b.best_predictions)
+    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    c = run(tiny, seed=4)
+    assert c.history != a.history
+
+
+def test_history_and_metrics_are_consistent(tiny):
+    r = run(tiny)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2]
+    assert "train_loss" not in r.history[0]  # epoch 0 is the untrained model
+    m = r.metrics()
+    assert m["epochs"] == 2 and 1 <= m["best_epoch"] <= 2
+    assert m["best_acc"] == max(h["test_acc"] for h in r.history[1:])
+    assert m["final_acc"] == r.history[-1]["test_acc"]
+    assert len(r.best_predictions) == len(tiny.test.labels)
+    acc = (r.best_predictions == tiny.test.labels).mean()
+    assert math.isclose(acc, m["best_acc"])  # predictions belong to the best epoch
+    assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+    assert m["images_per_s"] > 0 and m["train_seconds"] > 0
+
+
+def test_nan_loss_stops_the_cell(tiny):
+    def poisoned(x, stats):
+        out = NORMALIZATIONS["none"](x, stats)
+        out[0, 0, 0, 0] = float("nan")
+        return out
+
+    seed_everything(0)
+    model = build_model("resnet18", len(tiny.classes))
+    with pytest.raises(TrainingDiverged, match="train loss became nan in epoch 1; no metrics"):
+        train_cell(model, tiny, poisoned, STATS, CFG, 0, torch.device("cpu"))
+
+
+def test_a_model_learns_the_shapes():
+    big = make_shapes(images_per_class=60, test_fraction=0.25, seed=1)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "batch_size": 32})
+    r = run(big, cfg=cfg)
+    assert r.history[-1]["train_loss"] < 0.8 * r.history[1]["train_loss"]
+    assert r.metrics()["best_acc"] > 1 / 6  # above chance
