@@ -161,7 +161,7 @@ def to_markdown(report: Report) -> str:
         if text:
             lines += [text, ""]
         if table is not None:
-            lines += [table.to_markdown(index=table.index.name is not None), ""]
+            lines += [table.to_markdown(index=table.index.name is not None, disable_numparse=True), ""]
         if png:
             lines += [f"![{heading}]({png})", ""]
     return "\n".join(lines)
