@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Stage commands say `python`; this makes it the virtual environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test weights clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ repro: setup
 
 test: setup
 	python -m pytest -q
+
+# ImageNet weights of the configured models into $$TORCH_HOME, for machines that go offline later.
+weights: setup
+	PYTHONPATH=src python -m normbench.fetch_weights
 
 clean-venv:
 	rm -rf $(VENV)

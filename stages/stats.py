@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
 
-from normbench.datasets import load_arrays  # noqa: E402
+from normbench.arrays import load_arrays  # noqa: E402
 from normbench.io import run_main, write_json  # noqa: E402
 from normbench.stats import stats_table  # noqa: E402
 

@@ -12,14 +12,16 @@ from dvclive import Live
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
 
+from normbench.arrays import load_arrays  # noqa: E402
 from normbench.config import TrainConfig, load_params, require, resolve_device  # noqa: E402
-from normbench.datasets import DATASETS, load_arrays  # noqa: E402
+from normbench.datasets import DATASETS  # noqa: E402
 from normbench.grid import cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
 from normbench.models import MODELS, WEIGHTS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.stats import read_channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
+from normbench.weights import check_mirror  # noqa: E402
 
 
 def main() -> None:
@@ -40,6 +42,8 @@ def main() -> None:
     model_name, dataset = MODELS.check(args.model), DATASETS.check(args.dataset)
     norm_name = NORMALIZATIONS.check(require(params, "norm"))
     weights = WEIGHTS.check(require(params, "weights"))
+    version = require(params, "weights_version") if weights == "imagenet" else None
+    mirror = check_mirror(require(params, "weights_mirror"))
     cfg = TrainConfig.from_params(require(params, "train"))
     device = resolve_device(require(params, "device"))
     arrays = load_arrays(args.data)
@@ -48,9 +52,10 @@ def main() -> None:
     stats = read_channel_stats(stats_record)
 
     seed_everything(args.seed)
-    model = build_model(model_name, len(arrays.classes), weights)
+    model = build_model(model_name, len(arrays.classes), weights, version, mirror)
     cell = cell_name(model_name, dataset, args.seed)
-    print(f"{cell}: norm={norm_name} weights={weights} device={device} epochs={cfg.epochs}")
+    start = f"{weights} ({version})" if version else weights
+    print(f"{cell}: norm={norm_name} weights={start} device={device} epochs={cfg.epochs}")
 
     with atomic_path(args.live) as live_dir:
         live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -75,7 +80,8 @@ def main() -> None:
         torch.save({
             "state_dict": result.best_state,
             "model": model_name, "dataset": dataset, "seed": args.seed,
-            "norm": norm_name, "weights": weights, "classes": arrays.classes,
+            "norm": norm_name, "weights": weights, "weights_version": version,
+            "classes": arrays.classes,
             "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
             "train": dataclasses.asdict(cfg), "metrics": metrics,
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},

@@ -8,6 +8,23 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Tests reach 127.0.0.1 only: a lookup of any other host fails loudly."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in LOOPBACK:
+            raise OSError(f"tests stay offline, refused to look up {host!r}")
+        return real(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
 @pytest.fixture
 def params() -> dict:
     """The project's params.yaml, to be edited by a test."""
@@ -18,3 +35,38 @@ def run_stage(cwd: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
     """Run stages/<stage>.py of this checkout with ``cwd`` as the project root."""
     return subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A static file server on 127.0.0.1 for files a test writes: yields (base URL, folder)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output readable
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port_url():
+    """A 127.0.0.1 URL where nothing listens: what an unreachable network looks like, locally."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

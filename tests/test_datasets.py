@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from normbench.datasets import (DATASETS, Arrays, Split, build_dataset, load_arrays, make_shapes,
-                                save_arrays)
+from normbench.arrays import Arrays, Split, load_arrays, save_arrays
+from normbench.datasets import DATASETS, build_dataset, make_shapes
 from normbench.normalizations import IMAGENET_MEAN, IMAGENET_STD
 from normbench.registry import ConfigError
 from normbench.stats import channel_stats

@@ -91,3 +91,16 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
     assert "Running stage 'train@" not in out  # restored from the run-cache, not retrained
     assert (repo / "metrics" / f"{CELL}.json").read_text() == baseline
+
+
+def test_switching_weights_touches_only_the_train_cells_and_the_report(repo):
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    try:
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, "weights": "imagenet"}))
+        changed = json.loads(sh(repo, "dvc", "status", "--json"))
+        assert set(changed) == {f"train@{CELL}", "report"}
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, "weights_mirror": "x"}))
+        assert set(json.loads(sh(repo, "dvc", "status", "--json"))) <= {"report"}
+    finally:
+        (repo / "params.yaml").write_text(original)

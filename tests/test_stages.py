@@ -34,6 +34,7 @@ def project(tmp_path, params):
     ({"weights": "random"}, "unknown weights 'random'; valid choices: scratch, imagenet"),
     ({"device": "tpu"}, "unknown device 'tpu'; valid choices: auto, cpu, cuda"),
     ({"norm": 3}, "norm must be a string, got int 3"),
+    ({"weights_mirror": "ftp.example"}, "weights_mirror must be null or a base URL"),
     ({"train": {"epochs": "ten"}}, "train: unknown keys"),
     ({}, "dataset folder data/digits is missing train_images.npy; run `dvc repro download@digits`"),
 ])
@@ -56,8 +57,10 @@ def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):
 
 
 def test_download_unknown_dataset_and_missing_params(project, tmp_path):
-    proc = run_stage(project(), "download", "cifar10", "data/cifar10")
-    assert proc.returncode == 1 and "unknown dataset 'cifar10'; valid choices: digits" in proc.stderr
+    proc = run_stage(project(), "download", "imagenette", "data/imagenette")
+    assert proc.returncode == 1
+    assert ("unknown dataset 'imagenette'; valid choices: digits, shapes, cifar10, cifar100, svhn, "
+            "tiny_imagenet_200") in proc.stderr
     proc = run_stage(project(data={}), "download", "digits", "data/digits")
     assert proc.returncode == 1 and "params.yaml has no 'data.digits'" in proc.stderr
     assert not (tmp_path / "data").exists()
@@ -66,3 +69,23 @@ def test_download_unknown_dataset_and_missing_params(project, tmp_path):
 def test_stats_on_missing_dataset(project, tmp_path):
     proc = run_stage(project(), "stats", "data/shapes", "data/stats/shapes.json")
     assert proc.returncode == 1 and "run `dvc repro download@shapes`" in proc.stderr
+
+
+def test_imagenet_weights_offline_fail_before_training(project, tmp_path, closed_port_url,
+                                                        monkeypatch):
+    from normbench.arrays import save_arrays
+    from normbench.datasets import make_shapes
+    from normbench.io import write_json
+    from normbench.stats import stats_table
+
+    arrays = make_shapes(4, 0.5, 0)
+    save_arrays(arrays, tmp_path / "data" / "digits")
+    write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cwd = project(weights="imagenet", weights_mirror=closed_port_url)
+    proc = run_stage(cwd, "train", *train_args(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot get ImageNet weights resnet18-f37072fd.pth" in proc.stderr
+    assert "or use weights: scratch" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
+    assert not (tmp_path / "plots").exists()

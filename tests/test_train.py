@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from normbench.config import TrainConfig
-from normbench.datasets import Arrays, Split, make_shapes
+from normbench.arrays import Arrays
+from normbench.datasets import make_shapes
 from normbench.models import build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats
 from normbench.train import (TrainingDiverged, augment, batches_per_epoch, seed_everything,

@@ -1,13 +1,11 @@
-"""The dataset registry and the one array format every dataset is converted to.
+"""The dataset registry: every dataset by name, and how to build it in the uniform array format.
 
-After the download stage a dataset is a folder of plain arrays: ``{split}_images.npy`` (uint8,
-N x H x W x 3, RGB), ``{split}_labels.npy`` (int64, N) for the ``train`` and ``test`` splits, and
-``classes.json`` (class names, index = label). Training never sees PIL, folders or pickles.
+The embedded datasets ship with the code (or with scikit-learn), so the default pipeline runs
+offline; the real datasets of the seed study are fetched and verified by ``normbench.sources``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,86 +13,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from normbench.arrays import Arrays, Split, check_arrays
 from normbench.config import check_block
-from normbench.io import atomic_path
 from normbench.registry import ConfigError, Registry
-
-SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class Split:
-    images: np.ndarray  # uint8, N x H x W x 3
-    labels: np.ndarray  # int64, N
-
-
-@dataclass(frozen=True)
-class Arrays:
-    train: Split
-    test: Split
-    classes: list[str]
-
-    def split(self, name: str) -> Split:
-        return {"train": self.train, "test": self.test}[name]
-
-
-def check_arrays(arrays: Arrays, where: str = "dataset") -> Arrays:
-    """Raise ConfigError unless the arrays follow the uniform format."""
-    for name in SPLITS:
-        s = arrays.split(name)
-        if s.images.dtype != np.uint8 or s.images.ndim != 4 or s.images.shape[-1] != 3:
-            raise ConfigError(
-                f"{where}: {name} images must be uint8 N x H x W x 3, "
-                f"got {s.images.dtype} {s.images.shape}"
-            )
-        if s.labels.dtype != np.int64 or s.labels.shape != (len(s.images),):
-            raise ConfigError(
-                f"{where}: {name} labels must be int64 with one label per image, "
-                f"got {s.labels.dtype} {s.labels.shape} for {len(s.images)} images"
-            )
-        if len(s.labels) and (s.labels.min() < 0 or s.labels.max() >= len(arrays.classes)):
-            raise ConfigError(f"{where}: {name} labels fall outside 0..{len(arrays.classes) - 1}")
-    return arrays
-
-
-def save_arrays(arrays: Arrays, out_dir: Path) -> None:
-    """Write the folder atomically: a failed run leaves either the old folder or none."""
-    check_arrays(arrays)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name in SPLITS:
-            s = arrays.split(name)
-            np.save(tmp / f"{name}_images.npy", s.images)
-            np.save(tmp / f"{name}_labels.npy", s.labels)
-        (tmp / "classes.json").write_text(json.dumps(arrays.classes, indent=1) + "\n")
-
-
-def load_arrays(data_dir: Path, mmap: bool = False) -> Arrays:
-    """Read a folder written by :func:`save_arrays`; a missing or damaged one says how to rebuild."""
-    data_dir = Path(data_dir)
-    rebuild = f"run `dvc repro download@{data_dir.name}` to (re)build it"
-    mode = "r" if mmap else None
-    try:
-        splits = {
-            name: Split(
-                np.load(data_dir / f"{name}_images.npy", mmap_mode=mode),
-                np.load(data_dir / f"{name}_labels.npy", mmap_mode=mode),
-            )
-            for name in SPLITS
-        }
-        classes = json.loads((data_dir / "classes.json").read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"dataset folder {data_dir} is missing {Path(e.filename).name}; {rebuild}")
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"dataset folder {data_dir} is unreadable ({e}); {rebuild}")
-    return check_arrays(Arrays(splits["train"], splits["test"], classes), where=str(data_dir))
-
-
-# ---------------------------------------------------------------------------------------------
-# Embedded datasets: they ship with the code (or with scikit-learn), so the pipeline runs offline.
+from normbench.sources import Source, load_cifar, load_svhn, load_tiny_imagenet
 
 
 def _upsample(gray: np.ndarray, size: int) -> np.ndarray:
@@ -167,12 +93,17 @@ def make_shapes(images_per_class: int, test_fraction: float, seed: int,
     return _stratified(images, labels, list(SHAPES), test_fraction, seed)
 
 
+def _real(loaded: tuple[Split, Split, list[str]]) -> Arrays:
+    train, test, classes = loaded
+    return Arrays(train, test, classes)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """How to build one dataset from its params (the ``data.<name>`` block of params.yaml)."""
+    """How to build one dataset: ``build(source, **params)`` with the ``data.<name>`` params."""
 
     build: Callable[..., Arrays]
-    params: Mapping[str, type]  # the keys the builder takes, with their types
+    params: Mapping[str, type]  # the keys of data.<name>, with their types
     description: str
 
 
@@ -180,21 +111,37 @@ DATASETS: Registry[DatasetSpec] = Registry(
     "dataset",
     {
         "digits": DatasetSpec(
-            make_digits,
+            lambda source, **p: make_digits(**p),
             {"test_fraction": float, "seed": int},
             "scikit-learn's handwritten digits, 10 classes, 8 x 8 upsampled to 32 x 32",
         ),
         "shapes": DatasetSpec(
-            make_shapes,
+            lambda source, **p: make_shapes(**p),
             {"images_per_class": int, "test_fraction": float, "seed": int},
             "procedural coloured shapes, 6 classes, 32 x 32, statistics far from ImageNet's",
+        ),
+        "cifar10": DatasetSpec(
+            lambda source: _real(load_cifar(torchvision.datasets.CIFAR10, "cifar10", source)),
+            {}, "CIFAR-10, 50,000 + 10,000 images, 10 classes, 32 x 32",
+        ),
+        "cifar100": DatasetSpec(
+            lambda source: _real(load_cifar(torchvision.datasets.CIFAR100, "cifar100", source)),
+            {}, "CIFAR-100, 50,000 + 10,000 images, 100 classes, 32 x 32",
+        ),
+        "svhn": DatasetSpec(
+            lambda source: _real(load_svhn(source)),
+            {}, "SVHN cropped digits, 73,257 + 26,032 images, 10 classes, 32 x 32",
+        ),
+        "tiny_imagenet_200": DatasetSpec(
+            lambda source: _real(load_tiny_imagenet(source)),
+            {}, "Tiny-ImageNet-200, 100,000 + 10,000 (val) images, 200 classes, 64 x 64",
         ),
     },
 )
 
 
-def build_dataset(name: str, params: Mapping[str, Any]) -> Arrays:
+def build_dataset(name: str, params: Mapping[str, Any], source: Source | None = None) -> Arrays:
     """Build the named dataset from its params block, checking keys and types first."""
     spec = DATASETS[name]
     kwargs = check_block(params, spec.params, where=f"data.{name}")
-    return spec.build(**kwargs)
+    return check_arrays(spec.build(source or Source.from_params({}), **kwargs), where=name)

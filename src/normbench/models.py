@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torchvision
 from torch import nn
 
-from normbench.registry import ConfigError, Registry
+from normbench.registry import Registry
+from normbench.weights import fetch, weights_entry
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,10 @@ MODELS: Registry[ModelSpec] = Registry(
     },
 )
 
-# Where the starting weights come from. ``imagenet`` takes torchvision's ImageNet-1k release.
-WEIGHTS = Registry("weights", {"scratch": None, "imagenet": "IMAGENET1K_V1"})
+# Where the starting weights come from: the run's seed, or torchvision's ImageNet-1k release
+# (its version is the `weights_version` param).
+WEIGHTS = Registry("weights", {"scratch": "random initialisation",
+                               "imagenet": "torchvision's ImageNet-1k weights"})
 
 
 def replace_head(model: nn.Module, head: str, num_classes: int) -> nn.Module:
@@ -52,24 +54,18 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> nn.Module:
     return model
 
 
-def imagenet_state_dict(name: str, version: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights through torchvision's weights API and its cache ($TORCH_HOME)."""
-    weights = torchvision.models.get_model_weights(name)[version]
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except OSError as e:  # URLError is an OSError: no network and not in the cache
-        cache = torch.hub.get_dir() + "/checkpoints/" + weights.url.rsplit("/", 1)[-1]
-        raise ConfigError(
-            f"cannot load ImageNet weights for {name} ({e}); place {weights.url} at {cache}, "
-            "or use weights: scratch"
-        ) from e
+def build_model(name: str, num_classes: int, weights: str = "scratch",
+                version: str | None = None, mirror: str | None = None) -> nn.Module:
+    """torchvision's ``name`` with ``weights`` (scratch | imagenet) and a ``num_classes`` head.
 
-
-def build_model(name: str, num_classes: int, weights: str = "scratch") -> nn.Module:
-    """A torchvision ``name`` with ``weights`` (scratch | imagenet) and a ``num_classes`` head."""
+    ``version`` (e.g. IMAGENET1K_V1) and ``mirror`` (a base URL) matter for imagenet only.
+    ImageNet weights are verified in $TORCH_HOME (downloaded there first if missing) and then
+    loaded by torchvision's own builder, which also converts old key names where it must.
+    """
     spec = MODELS[name]
-    version = WEIGHTS[weights]
-    model = torchvision.models.get_model(name, weights=None)
-    if version is not None:
-        model.load_state_dict(imagenet_state_dict(name, version))
+    entry = None
+    if WEIGHTS.check(weights) == "imagenet":
+        entry = weights_entry(name, version)
+        fetch(entry, mirror)
+    model = torchvision.models.get_model(name, weights=entry)
     return replace_head(model, spec.head, num_classes)

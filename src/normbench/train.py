@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.config import TrainConfig
-from normbench.datasets import Arrays
+from normbench.arrays import Arrays
 from normbench.normalizations import ChannelStats, Normalization
 
 
