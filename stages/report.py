@@ -6,8 +6,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
 
+from normbench import weightdist  # noqa: E402
 from normbench.config import load_params  # noqa: E402
-from normbench.grid import Grid  # noqa: E402
+from normbench.grid import Grid, cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main  # noqa: E402
 from normbench.report import build_report, read_history, read_metrics, write_report  # noqa: E402
 
@@ -17,6 +18,7 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, help="folder of metrics/<cell>.json")
     ap.add_argument("--live", required=True, help="folder of the cells' dvclive folders")
     ap.add_argument("--stats", required=True, help="folder of <dataset>.json statistics")
+    ap.add_argument("--weightdist", required=True, help="folder of the cells' weight snapshots")
     ap.add_argument("--out", required=True, help="output folder")
     args = ap.parse_args()
 
@@ -26,7 +28,9 @@ def main() -> None:
     history = read_history(grid, Path(args.live))
     stats = {d: read_json(Path(args.stats) / f"{d}.json", "dataset statistics",
                           f"run `dvc repro stats@{d}`") for d in grid.datasets}
-    report = build_report(params, grid, metrics, history, stats)
+    weights = {cell_name(*c): weightdist.load(Path(args.weightdist) / cell_name(*c))
+               for c in grid.cells()}
+    report = build_report(params, grid, metrics, history, stats, weights)
     with atomic_path(args.out) as tmp:
         write_report(report, history, tmp)
     print(f"report -> {args.out}/index.html and {args.out}/README.md")

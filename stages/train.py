@@ -21,6 +21,7 @@ from normbench.models import MODELS, WEIGHTS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.stats import read_channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
+from normbench.weightdist import WeightRecorder  # noqa: E402
 from normbench.weights import check_mirror  # noqa: E402
 
 
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--live", required=True, help="output: dvclive folder of per-epoch curves")
     ap.add_argument("--predictions", required=True, help="output: best epoch's test predictions")
     ap.add_argument("--checkpoint", required=True, help="output: best epoch's weights and config")
+    ap.add_argument("--weightdist", required=True,
+                    help="output: watched layers' weight distributions per epoch")
     args = ap.parse_args()
 
     # Check every input before any work, so a typo costs seconds, not a training run.
@@ -68,11 +71,14 @@ def main() -> None:
             print(f"  epoch {record['epoch']:3d}  test_acc {record['test_acc']:.4f}  "
                   f"test_loss {record['test_loss']:.4f}", flush=True)
 
+        recorder = WeightRecorder(model, MODELS[model_name].watched)
         result = train_cell(model, arrays, NORMALIZATIONS[norm_name], stats, cfg, args.seed,
-                            device, on_epoch=on_epoch)
+                            device, on_epoch=on_epoch, recorder=recorder)
         live.end()
 
     metrics = result.metrics()
+    with atomic_path(args.weightdist) as tmp:
+        recorder.save(tmp)
     with atomic_path(args.predictions) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, result.best_predictions)

@@ -69,13 +69,18 @@ def test_repro_writes_metrics_curves_predictions_and_report(repo):
     assert "<script" not in page
     assert (repo / "report" / "accuracy_history.png").read_bytes()[:4] == b"\x89PNG"
     assert (repo / "checkpoints" / f"{CELL}.pt").is_file()
+    summary = json.loads((repo / "weightdist" / CELL / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
+    assert summary["epochs"][0]["first_conv"]["drift"] == 0.0
+    assert metrics["drift_first_conv"] == summary["epochs"][1]["first_conv"]["drift"] > 0
+    assert f"weights_{CELL}.png" in (repo / "report" / "README.md").read_text()
 
 
 def test_plots_show_has_accuracy_and_loss_per_cell(repo):
     out = json.loads(sh(repo, "dvc", "plots", "show", "--json"))
     assert not out.get("errors")
     titles = set(out["data"])
-    assert {"Test accuracy", "Test loss"} <= titles
+    assert {"Test accuracy", "Test loss", "Weight drift, first conv"} <= titles
     values = out["data"]["Test accuracy"][0]["content"]["data"]["values"]
     assert {v["cell"] for v in values} == {CELL} and len(values) == 2
 

@@ -13,7 +13,8 @@ def train_args(tmp_path):
     return ["--model", "resnet18", "--dataset", "digits", "--seed", "223",
             "--data", "data/digits", "--stats", "data/stats/digits.json",
             "--metrics", f"metrics/{CELL}.json", "--live", f"plots/{CELL}",
-            "--predictions", f"predictions/{CELL}.npy", "--checkpoint", f"checkpoints/{CELL}.pt"]
+            "--predictions", f"predictions/{CELL}.npy", "--checkpoint", f"checkpoints/{CELL}.pt",
+            "--weightdist", f"weightdist/{CELL}"]
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_train_rejects_bad_input_before_training(project, tmp_path, changes, mes
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60  # seconds (mostly importing torch), not a training run
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
-    assert not (tmp_path / "plots").exists() and not (tmp_path / "checkpoints").exists()
+    assert not any((tmp_path / d).exists() for d in ("plots", "checkpoints", "weightdist"))
 
 
 def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):

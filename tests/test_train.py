@@ -7,10 +7,11 @@ import torch
 from normbench.config import TrainConfig
 from normbench.arrays import Arrays
 from normbench.datasets import make_shapes
-from normbench.models import build_model
+from normbench.models import MODELS, build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats
 from normbench.train import (TrainingDiverged, augment, batches_per_epoch, seed_everything,
                              train_cell)
+from normbench.weightdist import WeightRecorder
 
 CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
                   optimizer="adam", scheduler="cosine", pad=4, flip=True)
@@ -67,6 +68,7 @@ def test_rerun_on_cpu_gives_identical_results(tiny):
 
 def test_history_and_metrics_are_consistent(tiny):
     r = run(tiny)
+    assert "drift_first_conv" not in r.history[0]  # no recorder, no drift
     assert [h["epoch"] for h in r.history] == [0, 1, 2]
     assert "train_loss" not in r.history[0]  # epoch 0 is the untrained model
     m = r.metrics()
@@ -78,6 +80,19 @@ def test_history_and_metrics_are_consistent(tiny):
     assert math.isclose(acc, m["best_acc"])  # predictions belong to the best epoch
     assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
     assert m["images_per_s"] > 0 and m["train_seconds"] > 0
+
+
+def test_recorder_sees_epoch_zero_and_every_epoch(tiny):
+    seed_everything(3)
+    model = build_model("resnet18", len(tiny.classes))
+    recorder = WeightRecorder(model, MODELS["resnet18"].watched)
+    r = train_cell(model, tiny, NORMALIZATIONS["dataset"], STATS, CFG, 3, torch.device("cpu"),
+                   recorder=recorder)
+    assert [e["epoch"] for e in recorder.summaries] == [0, 1, 2]
+    assert r.history[0]["drift_first_conv"] == 0.0 and r.history[2]["drift_first_conv"] > 0
+    assert r.metrics()["drift_deep_conv"] == r.history[2]["drift_deep_conv"]
+    final = model.conv1.weight.detach().flatten().double().numpy()
+    assert recorder.summaries[-1]["first_conv"]["std"] == pytest.approx(final.std())
 
 
 def test_nan_loss_stops_the_cell(tiny):

@@ -16,14 +16,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: the report is built on machines without a screen
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
 
 from normbench.grid import Grid, cell_name  # noqa: E402
 from normbench.io import read_json  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.registry import ConfigError  # noqa: E402
+from normbench.weightdist import ROLES  # noqa: E402
 
-CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
+CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", *(f"drift_{r}" for r in ROLES))
 
 
 def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
@@ -108,6 +112,72 @@ def history_figure(history: pd.DataFrame, grid: Grid, curve: str, ylabel: str) -
     return fig
 
 
+ROLE_TITLES = {"first_conv": "first conv", "deep_conv": "deeper conv"}
+
+
+def weight_figure(cell: str, summary: dict, samples: dict) -> plt.Figure:
+    """Per watched layer: KDE per epoch, percentile ribbon, violins, std and drift per epoch."""
+    fig, axes = plt.subplots(len(ROLES), 4, figsize=(17, 3.6 * len(ROLES)), squeeze=False,
+                             constrained_layout=True)
+    epochs = np.array([e["epoch"] for e in summary["epochs"]])
+    colours = plt.get_cmap("viridis")(np.linspace(0, 1, len(epochs)))
+    for row, role in zip(axes, ROLES):
+        layer = summary["layers"][role]
+        name = f"{ROLE_TITLES[role]} ({layer['layer']})"
+        values = samples[role]
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        grid = np.linspace(lo, hi, 200)
+        for k, epoch in enumerate(epochs):
+            row[0].plot(grid, scipy.stats.gaussian_kde(values[k])(grid), color=colours[k],
+                        lw=1.2, label=f"epoch {epoch}" if k in (0, len(epochs) - 1) else None)
+        row[0].set(title=f"{name}: density per epoch", xlabel="weight value", ylabel="density")
+        row[0].legend(fontsize=8)
+        stat = {k: np.array([e[role][k] for e in summary["epochs"]])
+                for k in ("p5", "p25", "p50", "p75", "p95", "std", "drift")}
+        row[1].fill_between(epochs, stat["p5"], stat["p95"], alpha=0.25, label="5-95 %")
+        row[1].fill_between(epochs, stat["p25"], stat["p75"], alpha=0.45, label="25-75 %")
+        row[1].plot(epochs, stat["p50"], color="k", lw=1.2, label="median")
+        row[1].set(title=f"{name}: percentiles", xlabel="epoch", ylabel="weight value")
+        row[1].legend(fontsize=8)
+        shown = np.unique(np.linspace(0, len(epochs) - 1, min(len(epochs), 12)).round().astype(int))
+        row[2].violinplot([values[k] for k in shown], positions=epochs[shown], showmedians=True,
+                          widths=0.8 * max(1, (epochs[shown][-1] - epochs[shown][0]) / len(shown)))
+        row[2].set(title=f"{name}: distribution per epoch", xlabel="epoch", ylabel="weight value")
+        row[3].plot(epochs, stat["std"], marker="o", ms=3, color="tab:blue")
+        row[3].set(title=f"{name}: spread and drift", xlabel="epoch")
+        row[3].set_ylabel("std of the weights", color="tab:blue")
+        twin = row[3].twinx()
+        twin.plot(epochs, stat["drift"] * 100, marker="s", ms=3, color="tab:red")
+        twin.set_ylabel("drift ||W-W0|| / ||W0|| (%)", color="tab:red")
+        for ax in row:
+            ax.grid(alpha=0.3)
+        for ax in (*row[1:], twin):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    kept = ", ".join(f"{summary['layers'][r]['kept']:,} of {summary['layers'][r]['numel']:,} "
+                     f"({ROLE_TITLES[r]})" for r in ROLES)
+    fig.suptitle(f"{cell}: weights of the watched layers\nDensities and violins use the values "
+                 f"kept per epoch, {kept}; percentiles, std and drift use all of them.")
+    return fig
+
+
+def weight_table(summaries: dict[str, dict]) -> pd.DataFrame:
+    """Per cell and layer: how far the weights moved and how their spread changed."""
+    rows = []
+    for cell, summary in summaries.items():
+        first, last = summary["epochs"][0], summary["epochs"][-1]
+        after_one = summary["epochs"][min(1, len(summary["epochs"]) - 1)]
+        for role in ROLES:
+            rows.append({
+                "cell": cell, "layer": f"{ROLE_TITLES[role]} ({summary['layers'][role]['layer']})",
+                "drift after epoch 1 (%)": f"{after_one[role]['drift'] * 100:.2f}",
+                f"drift at epoch {last['epoch']} (%)": f"{last[role]['drift'] * 100:.2f}",
+                "std, epoch 0 -> last": f"{first[role]['std']:.4f} -> {last[role]['std']:.4f}",
+                "kurtosis, epoch 0 -> last": f"{first[role]['kurtosis']:.2f} -> "
+                                             f"{last[role]['kurtosis']:.2f}",
+            })
+    return pd.DataFrame(rows).set_index("cell")
+
+
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})  # no version stamp
@@ -124,7 +194,7 @@ class Report:
 
 
 def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.DataFrame,
-                 stats: dict[str, dict]) -> Report:
+                 stats: dict[str, dict], weights: dict[str, tuple[dict, dict]]) -> Report:
     setting = {"norm": params["norm"], "weights": params["weights"],
                "epochs": str(params["train"]["epochs"]),
                "seeds": ", ".join(map(str, grid.seeds))}
@@ -148,8 +218,18 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
          "Per-channel mean and std of the train split in [0, 1] units, and of the inputs the "
          "model sees after each normalization (before augmentation).",
          stats_table(stats), None),
-        ("Cells", "Every cell's metrics file.", metrics.round(4), None),
     ]
+    sections.append((
+        "How much the weights move",
+        f"Relative drift ||W_t - W_0|| / ||W_0|| of the watched layers over the whole tensor, "
+        f"with weights: {params['weights']} and norm: {params['norm']}. Compare settings with "
+        "`dvc plots diff` (weight drift curves) or `dvc exp show`.",
+        weight_table({cell: summary for cell, (summary, _) in weights.items()}), None))
+    for cell, (summary, samples) in weights.items():
+        name = f"weights_{cell}.png"
+        figures[name] = _png(weight_figure(cell, summary, samples))
+        sections.append((f"Weight distributions: {cell}", "", None, name))
+    sections.append(("Cells", "Every cell's metrics file.", metrics.round(4), None))
     return Report("normbench report", setting, sections, figures)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from normbench.config import TrainConfig
 from normbench.arrays import Arrays
 from normbench.normalizations import ChannelStats, Normalization
+from normbench.weightdist import WeightRecorder
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,6 +127,8 @@ class CellResult:
             "epochs": last["epoch"],
             "train_seconds": round(self.train_seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
+            # How far the watched layers moved by the end (relative L2), when they were recorded.
+            **{k: v for k, v in last.items() if k.startswith("drift_")},
         }
 
 
@@ -136,10 +139,12 @@ def _sync(device: torch.device) -> None:
 
 def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: ChannelStats,
                cfg: TrainConfig, seed: int, device: torch.device,
-               on_epoch: Callable[[dict], None] = lambda record: None) -> CellResult:
+               on_epoch: Callable[[dict], None] = lambda record: None,
+               recorder: WeightRecorder | None = None) -> CellResult:
     """Train ``model`` on ``arrays`` and evaluate after every epoch; raise TrainingDiverged on NaN.
 
-    ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists.
+    ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists;
+    ``recorder`` takes a weight snapshot at epoch 0 and after every epoch.
     """
     model = model.to(device)
     train, test = to_device(arrays, device)
@@ -150,7 +155,8 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
 
     def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor]:
         test_loss, test_acc, pred = evaluate(model, test, normalize, cfg.eval_batch_size)
-        record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc}
+        drifts = recorder.record(model, epoch) if recorder is not None else {}
+        record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc, **drifts}
         on_epoch(record)
         return record, pred
 
