@@ -92,10 +92,28 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     assert "Running stage 'download@shapes'" not in out  # only the cells depend on norm
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
     assert "best_acc" in diff[f"metrics/{CELL}.json"]
+    minmax = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
     assert "Running stage 'train@" not in out  # restored from the run-cache, not retrained
     assert (repo / "metrics" / f"{CELL}.json").read_text() == baseline
+
+    # compare: the seed's tables over the commit and both experiments, numbers from the metrics.
+    env_out = sh(repo, "env", f"PYTHONPATH={repo / 'src'}", sys.executable, "-m",
+                 "normbench.compare", "--out", "compare")
+    assert "compare/index.html" in env_out
+    table = (repo / "compare" / "README.md").read_text()
+    base_acc = json.loads(baseline)["best_acc"] * 100
+    delta = minmax["best_acc"] * 100 - base_acc
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| resnet18")]
+    assert ["resnet18", "norm=dataset weights=scratch", f"{base_acc:.2f}"] in rows  # Table 2
+    colour = "green" if delta > 0 else "red"
+    minmax_row = next(r for r in rows if r[1] == "norm=minmax weights=scratch")
+    assert minmax_row[2].startswith(
+        f"{minmax['best_acc'] * 100:.2f} $\\textcolor{{{colour}}}{{{delta:+.2f}}}$ (")
+    assert "McNemar" in table and "**shapes**:" in table
+    assert (repo / "compare" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_switching_weights_touches_only_the_train_cells_and_the_report(repo):

@@ -70,7 +70,9 @@ def accuracy_table(metrics: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     """Best test accuracy (%) per model x dataset, mean ± sample std over seeds."""
     table = (metrics.groupby(["model", "dataset"], sort=False)["best_acc"]
              .agg(mean_pm_std).unstack("dataset"))
-    return table.reindex(index=grid.models, columns=grid.datasets)
+    table = table.reindex(index=grid.models, columns=grid.datasets)
+    table.columns.name = None  # one header row: the datasets
+    return table
 
 
 def stats_table(stats: dict[str, dict]) -> pd.DataFrame:

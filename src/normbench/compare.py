@@ -1,0 +1,350 @@
+"""Compare settings across DVC experiments: the seed study's tables, with error bars and tests.
+
+Reads every commit and experiment of the repository with ``dvc exp show --json --all-commits``,
+groups the cells by setting (norm, weights), and writes Table 1 (dataset statistics after each
+setting), Table 2 (a baseline setting against every other, deltas coloured), Table 3 (every
+setting side by side, best in bold) and Figure 1 (test accuracy per epoch, one line per setting
+and a band over seeds), as markdown and as a static HTML page.
+
+Significance: Welch's t-test over seeds where both settings have at least two; McNemar's exact
+test on the saved test predictions where both have the same single seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.stats
+from matplotlib.ticker import MaxNLocator
+
+from normbench.io import read_json, run_main
+from normbench.registry import ConfigError
+from normbench.report import mean_pm_std, stats_table
+
+ALPHA = 0.05  # significance level of every test
+
+
+@dataclass
+class Run:
+    """One experiment or commit: its setting, and the metrics of each of its cells."""
+
+    rev: str
+    name: str
+    setting: str  # "norm=<norm> weights=<weights>"
+    cells: dict[tuple[str, str, int], dict] = field(default_factory=dict)  # (model, dataset, seed)
+
+
+def _run_from(entry: dict) -> Run | None:
+    data = entry.get("data") or {}
+    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+    if not params:
+        return None
+    run = Run(entry["rev"], entry.get("name") or entry["rev"][:7],
+              f"norm={params['norm']} weights={params['weights']}")
+    for path, metrics in (data.get("metrics") or {}).items():
+        values = metrics.get("data") or {}
+        if "best_acc" in values:  # a cell whose metrics file is missing or broken is left out
+            model, dataset, seed = Path(path).stem.rsplit("-", 2)
+            run.cells[(model, dataset, int(seed))] = values
+    return run
+
+
+def parse_exp_show(entries: list[dict]) -> list[Run]:
+    """Commits and their experiments from ``dvc exp show --json`` (the workspace is skipped)."""
+    runs = []
+    for entry in entries:
+        if entry.get("rev") == "workspace":
+            continue
+        runs.append(_run_from(entry))
+        for exp in entry.get("experiments") or []:
+            runs.extend(_run_from(rev) for rev in exp.get("revs") or [])
+    return [r for r in runs if r is not None and r.cells]
+
+
+def collect_runs(repo: Path) -> list[Run]:
+    proc = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], cwd=repo,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
+    return parse_exp_show(json.loads(proc.stdout))
+
+
+def cell_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per (setting, model, dataset, seed); a cell seen in several runs counts once."""
+    rows = {}
+    for run in runs:
+        for (model, dataset, seed), metrics in run.cells.items():
+            rows.setdefault((run.setting, model, dataset, seed),
+                            {"rev": run.rev, "best_acc": metrics.get("best_acc")})
+    index = pd.MultiIndex.from_tuples(list(rows), names=["setting", "model", "dataset", "seed"])
+    return pd.DataFrame(list(rows.values()), index=index).sort_index()
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> float:
+    """p-value of Welch's t-test (unequal variances) of two samples of seeds."""
+    return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """p-value of McNemar's exact test on paired per-image outcomes of two classifiers."""
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(scipy.stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    delta: float  # mean best_acc of the other setting minus the baseline's (fraction)
+    p: float | None  # None: no test possible (one seed each, different seeds, no predictions)
+    test: str  # "Welch" | "McNemar" | "none"
+
+
+def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Comparison:
+    """Compare two settings' rows of one model x dataset (index: seed)."""
+    delta = float(other.best_acc.mean() - base.best_acc.mean())
+    if len(base) >= 2 and len(other) >= 2:
+        return Comparison(delta, welch(base.best_acc.to_numpy(), other.best_acc.to_numpy()),
+                          "Welch")
+    if len(base) == len(other) == 1 and base.index[0] == other.index[0]:
+        pair = predictions(base.rev.iloc[0], other.rev.iloc[0], base.index[0])
+        if pair is not None:
+            return Comparison(delta, mcnemar(*pair), "McNemar")
+    return Comparison(delta, None, "none")
+
+
+def mark(c: Comparison) -> str:
+    if c.p is None:
+        return ""
+    return " (**)" if c.p < 0.01 else " (*)" if c.p < ALPHA else " (n.s.)"
+
+
+def prediction_loader(repo: Path):
+    """(rev_a, rev_b, seed) -> per-image correctness of both, from the DVC-cached predictions."""
+    import dvc.api  # heavy: imported only when predictions are needed
+
+    def load(rev: str, cell: str) -> np.ndarray | None:
+        try:
+            with dvc.api.open(f"predictions/{cell}.npy", repo=str(repo), rev=rev, mode="rb") as f:
+                return np.load(io.BytesIO(f.read()))
+        except Exception:  # not in the local cache (e.g. a pulled experiment without data)
+            return None
+
+    def pair(model: str, dataset: str):
+        def get(rev_a: str, rev_b: str, seed: int):
+            cell = f"{model}-{dataset}-{seed}"
+            a, b = load(rev_a, cell), load(rev_b, cell)
+            labels_path = repo / "data" / dataset / "test_labels.npy"
+            if a is None or b is None or not labels_path.is_file():
+                return None
+            labels = np.load(labels_path)
+            return a == labels, b == labels
+        return get
+    return pair
+
+
+def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.DataFrame]:
+    """Table 2 (baseline vs others, with deltas and tests) and Table 3 (all settings)."""
+    settings = list(cells.index.unique("setting"))
+    models, datasets = cells.index.unique("model"), cells.index.unique("dataset")
+    table2, table3, tests = [], [], []
+    for model in models:
+        for setting in settings:
+            row2 = {"model": model, "setting": setting}
+            for dataset in datasets:
+                try:
+                    group = cells.loc[(setting, model, dataset)]
+                except KeyError:
+                    continue
+                text = mean_pm_std(group.best_acc)
+                if setting != baseline and (baseline, model, dataset) in cells.index.droplevel(3):
+                    base = cells.loc[(baseline, model, dataset)]
+                    c = compare_pair(base, group, pair_loader(model, dataset))
+                    colour = "green" if c.delta > 0 else "red"
+                    text += f" [{colour}:{c.delta * 100:+.2f}]{mark(c)}"
+                    tests.append({"model": model, "dataset": dataset, "setting": setting,
+                                  "delta (points)": round(c.delta * 100, 2), "test": c.test,
+                                  "p": None if c.p is None else round(c.p, 4)})
+                row2[dataset] = text
+            table2.append(row2)
+        for dataset in datasets:
+            means = {s: cells.loc[(s, model, dataset)].best_acc.mean() for s in settings
+                     if (s, model, dataset) in cells.index.droplevel(3)}
+            best = max(means.values()) if means else None
+            for s in means:
+                text = mean_pm_std(cells.loc[(s, model, dataset)].best_acc)
+                table3.append({"model": model, "dataset": dataset, "setting": s,
+                               "value": f"**{text}**" if means[s] == best else text})
+    t3 = (pd.DataFrame(table3).pivot(index=["model", "setting"], columns="dataset",
+                                     values="value") if table3 else pd.DataFrame())
+    t3.columns.name = None
+    return {"table2": pd.DataFrame(table2).set_index(["model", "setting"]), "table3": t3,
+            "tests": pd.DataFrame(tests)}
+
+
+def verdicts(tests: pd.DataFrame, baseline: str) -> list[str]:
+    """Per dataset: which settings differ significantly from the baseline, and which do not."""
+    lines = []
+    if tests.empty:
+        return [f"No setting could be compared with {baseline}."]
+    for dataset, group in tests.groupby("dataset"):
+        tested = group[group.p.notna()]
+        sig = tested[tested.p < ALPHA]
+        same = tested[tested.p >= ALPHA]
+        parts = [f"**{dataset}**:"]
+        parts.append("significantly different from " + baseline + ": " + (
+            ", ".join(f"{r.setting} on {r.model} ({r['delta (points)']:+.2f} points, "
+                      f"{r.test} p={r.p:.3g})" for _, r in sig.iterrows()) or "none") + ";")
+        parts.append("not significantly different: " + (
+            ", ".join(f"{r.setting} on {r.model} ({r.test} p={r.p:.3g})"
+                      for _, r in same.iterrows()) or "none") + ".")
+        untested = group[group.p.isna()]
+        if len(untested):
+            parts.append(f"{len(untested)} comparison(s) had no test (one seed each, different "
+                         "seeds, or predictions not in the local cache).")
+        lines.append(" ".join(parts))
+    return lines
+
+
+def histories(runs: list[Run], repo: Path) -> pd.DataFrame:
+    """Every run's report/history.csv (git-tracked), one row per setting, cell and epoch."""
+    import dvc.api
+
+    frames, seen = [], set()
+    for run in runs:
+        try:
+            text = dvc.api.read("report/history.csv", repo=str(repo), rev=run.rev)
+        except Exception:  # a run without a report: no curves to draw
+            continue
+        h = pd.read_csv(io.StringIO(text)).assign(setting=run.setting)
+        h = h[[(run.setting, c) not in seen for c in h.cell]]
+        seen.update((run.setting, c) for c in h.cell.unique())
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def figure1(history: pd.DataFrame) -> bytes:
+    """Test accuracy per epoch, per model x dataset: a line per setting, a band over seeds."""
+    models, datasets = sorted(history.model.unique()), sorted(history.dataset.unique())
+    fig, axes = plt.subplots(len(models), len(datasets), squeeze=False, constrained_layout=True,
+                             figsize=(4.4 * len(datasets), 3.4 * len(models)))
+    for i, model in enumerate(models):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            h = history[(history.model == model) & (history.dataset == dataset)]
+            for setting, g in h.groupby("setting"):
+                acc = g.pivot_table(index="epoch", columns="seed", values="test_acc") * 100
+                line, = ax.plot(acc.index, acc.mean(axis=1), label=setting.replace(" ", ", "))
+                if acc.shape[1] > 1:
+                    ax.fill_between(acc.index, acc.min(axis=1), acc.max(axis=1),
+                                    color=line.get_color(), alpha=0.2)
+            ax.set(title=f"{model} on {dataset}", xlabel="epoch", ylabel="test accuracy (%)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _markup(text: str, html_out: bool) -> str:
+    """Colour tags [green:+1.00] and **bold** as the seed's LaTeX colours, or as HTML."""
+    if html_out:
+        text = html.escape(text).replace("&lt;br&gt;", "<br>")  # Table 1's line breaks
+        text = re.sub(r"\[(green|red):([^\]]+)\]", r"<span style='color:\1'>\2</span>", text)
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"\[(green|red):([^\]]+)\]", r"$\\textcolor{\1}{\2}$", text)
+
+
+def _table(df: pd.DataFrame, html_out: bool) -> str:
+    if any(df.index.names):
+        df = df.reset_index()
+    df = df.map(lambda v: _markup(v, html_out) if isinstance(v, str) else v)
+    if html_out:
+        return df.to_html(escape=False, na_rep="", index=False)
+    return df.to_markdown(disable_numparse=True, index=False)
+
+
+def write(out: Path, baseline: str, runs: list[Run], result: dict, stats: pd.DataFrame | None,
+          fig: bytes | None) -> None:
+    """compare/README.md, compare/index.html (figure embedded) and compare/figure1.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = verdicts(result["tests"], baseline)
+    settings = sorted({r.setting for r in runs})
+    sections = [
+        ("Runs", f"{len(runs)} commits and experiments; settings: " + "; ".join(settings), None),
+        ("What differs", "\n\n".join(lines), None),
+        (f"Table 2: best test accuracy (%), {baseline} against each setting",
+         "Mean ± std over seeds; the delta to the baseline in green (better) or red (worse); "
+         f"(*) p < {ALPHA}, (**) p < 0.01, (n.s.) not significant: Welch's t-test over seeds "
+         "with two or more seeds, else McNemar's exact test on the test predictions.",
+         result["table2"]),
+        ("Table 3: every setting side by side", "Best setting per model and dataset in bold.",
+         result["table3"]),
+        ("Tests", "", result["tests"]),
+    ]
+    if stats is not None:
+        sections.append(("Table 1: dataset statistics after each setting", "", stats))
+    md = ["# normbench: settings compared", ""]
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>normbench compare</title>",
+            "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
+            "color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}"
+            "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
+            "img{max-width:100%}</style></head><body><h1>normbench: settings compared</h1>"]
+    for heading, text, df in sections:
+        md += [f"## {heading}", "", text, ""]
+        page += [f"<h2>{html.escape(heading)}</h2>"]
+        page += [f"<p>{_markup(p, True)}</p>" for p in text.split("\n\n") if p]
+        if df is not None and not df.empty:
+            md += [_table(df, False), ""]
+            page.append(_table(df, True))
+    if fig is not None:
+        (out / "figure1.png").write_bytes(fig)
+        md += ["## Figure 1: test accuracy per epoch", "", "![Figure 1](figure1.png)", ""]
+        data = base64.b64encode(fig).decode()
+        page += ["<h2>Figure 1: test accuracy per epoch</h2>",
+                 f"<img alt='Figure 1' src='data:image/png;base64,{data}'>"]
+    page.append("</body></html>")
+    (out / "README.md").write_text("\n".join(md))
+    (out / "index.html").write_text("\n".join(page))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Compare settings across DVC experiments.")
+    ap.add_argument("--baseline", default="norm=dataset weights=scratch",
+                    help="the setting Table 2 compares against, as 'norm=<n> weights=<w>'")
+    ap.add_argument("--out", default="compare", help="output folder")
+    ap.add_argument("--repo", default=".", help="the repository")
+    args = ap.parse_args(argv)
+    repo = Path(args.repo)
+    runs = collect_runs(repo)
+    if not runs:
+        raise ConfigError("no commits or experiments with metrics; run `dvc exp run` first")
+    cells = cell_table(runs)
+    if args.baseline not in cells.index.unique("setting"):
+        raise ConfigError(f"baseline {args.baseline!r} has no runs; valid choices: "
+                         f"{', '.join(cells.index.unique('setting'))}")
+    result = tables(cells, args.baseline, prediction_loader(repo))
+    stats_dir = repo / "data" / "stats"
+    stats = {p.stem: read_json(p, "statistics", "") for p in sorted(stats_dir.glob("*.json"))}
+    history = histories(runs, repo)
+    write(Path(args.out), args.baseline, runs, result, stats_table(stats) if stats else None,
+          figure1(history) if not history.empty else None)
+    print(f"compare -> {args.out}/index.html and {args.out}/README.md")
+
+
+if __name__ == "__main__":
+    run_main(main)
