@@ -38,7 +38,7 @@ def require(params: Mapping[str, Any], key: str) -> Any:
 
 
 def check_type(value: Any, typ: type, key: str) -> Any:
-    """Accept ``value`` if it is a ``typ`` (an int where a float is asked); bools are not numbers."""
+    """Accept ``value`` if it is a ``typ`` (an int where a float is asked); a bool is no number."""
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

@@ -7,7 +7,6 @@ offline; the real datasets of the seed study are fetched and verified by ``normb
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -19,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from normbench.arrays import Arrays, Split, check_arrays
 from normbench.config import check_block
-from normbench.registry import ConfigError, Registry
+from normbench.registry import Registry
 from normbench.sources import Source, load_cifar, load_svhn, load_tiny_imagenet
 
 

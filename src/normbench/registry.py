@@ -8,7 +8,7 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A params value, argument or input file that normbench cannot use; the message says the fix."""
+    """A params value, argument or input that normbench cannot use; the message says the fix."""
 
 
 class Registry(Generic[T]):
@@ -31,7 +31,7 @@ class Registry(Generic[T]):
         return list(self._entries)
 
     def check(self, name: object) -> str:
-        """Return ``name`` if it is registered, else raise a ConfigError naming the valid choices."""
+        """Return ``name`` if registered, else raise a ConfigError naming the valid choices."""
         if not isinstance(name, str):
             raise ConfigError(
                 f"{self.kind} must be a string, got {type(name).__name__} {name!r}; "

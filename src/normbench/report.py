@@ -243,7 +243,8 @@ def to_markdown(report: Report) -> str:
         if text:
             lines += [text, ""]
         if table is not None:
-            lines += [table.to_markdown(index=table.index.name is not None, disable_numparse=True), ""]
+            named = table.index.name is not None
+            lines += [table.to_markdown(index=named, disable_numparse=True), ""]
         if png:
             lines += [f"![{heading}]({png})", ""]
     return "\n".join(lines)
@@ -269,7 +270,8 @@ def to_html(report: Report) -> str:
         if text:
             parts.append(f"<p>{html.escape(text)}</p>")
         if table is not None:
-            parts.append(table.to_html(escape=False, index=table.index.name is not None))  # cells hold <br> line breaks only
+            # escape=False: the statistics cells hold <br> line breaks, nothing else.
+            parts.append(table.to_html(escape=False, index=table.index.name is not None))
         if png:
             data = base64.b64encode(report.figures[png]).decode()
             parts.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
