@@ -30,7 +30,8 @@ from matplotlib.ticker import MaxNLocator
 
 from normbench.io import read_json, run_main
 from normbench.registry import ConfigError
-from normbench.report import mean_pm_std, stats_table
+from normbench.grid import cell_name
+from normbench.report import mean_pm_std, png_bytes, stats_table
 
 ALPHA = 0.05  # significance level of every test
 
@@ -144,7 +145,7 @@ def prediction_loader(repo: Path):
 
     def pair(model: str, dataset: str):
         def get(rev_a: str, rev_b: str, seed: int):
-            cell = f"{model}-{dataset}-{seed}"
+            cell = cell_name(model, dataset, seed)
             a, b = load(rev_a, cell), load(rev_b, cell)
             labels_path = repo / "data" / dataset / "test_labels.npy"
             if a is None or b is None or not labels_path.is_file():
@@ -254,10 +255,7 @@ def figure1(history: pd.DataFrame) -> bytes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _markup(text: str, html_out: bool) -> str:

@@ -180,9 +180,10 @@ def weight_table(summaries: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("cell")
 
 
-def _png(fig: plt.Figure) -> bytes:
+def png_bytes(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes, closed afterwards; no version stamp, so reruns are identical."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})  # no version stamp
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
@@ -201,9 +202,9 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
                "epochs": str(params["train"]["epochs"]),
                "seeds": ", ".join(map(str, grid.seeds))}
     figures = {
-        "accuracy_history.png": _png(history_figure(history, grid, "test_acc",
+        "accuracy_history.png": png_bytes(history_figure(history, grid, "test_acc",
                                                     "test accuracy (%)")),
-        "loss_history.png": _png(history_figure(history, grid, "test_loss",
+        "loss_history.png": png_bytes(history_figure(history, grid, "test_loss",
                                                 "test loss (cross-entropy)")),
     }
     n_seeds = len(grid.seeds)
@@ -229,7 +230,7 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
         weight_table({cell: summary for cell, (summary, _) in weights.items()}), None))
     for cell, (summary, samples) in weights.items():
         name = f"weights_{cell}.png"
-        figures[name] = _png(weight_figure(cell, summary, samples))
+        figures[name] = png_bytes(weight_figure(cell, summary, samples))
         sections.append((f"Weight distributions: {cell}", "", None, name))
     sections.append(("Cells", "Every cell's metrics file.", metrics.round(4), None))
     return Report("normbench report", setting, sections, figures)
