@@ -9,8 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 from normbench import weightdist  # noqa: E402
 from normbench.config import load_params  # noqa: E402
 from normbench.grid import Grid, cell_name  # noqa: E402
-from normbench.io import atomic_path, read_json, run_main  # noqa: E402
-from normbench.report import build_report, read_history, read_metrics, write_report  # noqa: E402
+from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
+from normbench.report import (build_report, metrics_summary, read_history,  # noqa: E402
+                              read_metrics, write_report)
 
 
 def main() -> None:
@@ -20,6 +21,7 @@ def main() -> None:
     ap.add_argument("--stats", required=True, help="folder of <dataset>.json statistics")
     ap.add_argument("--weightdist", required=True, help="folder of the cells' weight snapshots")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--summary", required=True, help="output: every cell's metrics, one JSON")
     args = ap.parse_args()
 
     params = load_params()
@@ -33,7 +35,8 @@ def main() -> None:
     report = build_report(params, grid, metrics, history, stats, weights)
     with atomic_path(args.out) as tmp:
         write_report(report, history, tmp)
-    print(f"report -> {args.out}/index.html and {args.out}/README.md")
+    write_json(args.summary, metrics_summary(metrics))
+    print(f"report -> {args.out}/index.html, {args.out}/README.md and {args.summary}")
 
 
 if __name__ == "__main__":

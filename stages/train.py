@@ -13,7 +13,8 @@ from dvclive import Live
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
 
 from normbench.arrays import load_arrays  # noqa: E402
-from normbench.config import TrainConfig, load_params, require, resolve_device  # noqa: E402
+from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
+                              resolve_device)
 from normbench.datasets import DATASETS  # noqa: E402
 from normbench.grid import cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
@@ -49,6 +50,7 @@ def main() -> None:
     mirror = check_mirror(require(params, "weights_mirror"))
     cfg = TrainConfig.from_params(require(params, "train"))
     device = resolve_device(require(params, "device"))
+    speed = SpeedConfig.from_params(require(params, "speed")).resolve(device)
     arrays = load_arrays(args.data)
     stats_record = read_json(args.stats, "dataset statistics",
                              f"run `dvc repro stats@{dataset}` to rebuild them")
@@ -58,7 +60,8 @@ def main() -> None:
     model = build_model(model_name, len(arrays.classes), weights, version, mirror)
     cell = cell_name(model_name, dataset, args.seed)
     start = f"{weights} ({version})" if version else weights
-    print(f"{cell}: norm={norm_name} weights={start} device={device} epochs={cfg.epochs}")
+    print(f"{cell}: norm={norm_name} weights={start} device={device} epochs={cfg.epochs} "
+          f"amp={speed.amp} compile={speed.compile}")
 
     with atomic_path(args.live) as live_dir:
         live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -73,7 +76,7 @@ def main() -> None:
 
         recorder = WeightRecorder(model, MODELS[model_name].watched)
         result = train_cell(model, arrays, NORMALIZATIONS[norm_name], stats, cfg, args.seed,
-                            device, on_epoch=on_epoch, recorder=recorder)
+                            device, on_epoch=on_epoch, recorder=recorder, speed=speed)
         live.end()
 
     metrics = result.metrics()
@@ -89,7 +92,7 @@ def main() -> None:
             "norm": norm_name, "weights": weights, "weights_version": version,
             "classes": arrays.classes,
             "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
-            "train": dataclasses.asdict(cfg), "metrics": metrics,
+            "train": dataclasses.asdict(cfg), "speed": result.speed, "metrics": metrics,
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
         }, tmp)
     write_json(args.metrics, metrics)  # last: metrics exist only for a finished cell

@@ -1,3 +1,5 @@
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +72,36 @@ def closed_port_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def sh(repo: Path, *cmd: str) -> str:
+    """Run a command in ``repo`` with this environment's python and dvc first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def tiny_project(repo: Path) -> None:
+    """A committed git + DVC copy of the project, tiny grid: resnet18 on 48 shapes, 1 epoch."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
+    params["train"].update(epochs=1, batch_size=16)
+    params["data"]["shapes"]["images_per_class"] = 8
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    git_user(repo)
+    sh(repo, "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "project")  # dvclive cannot start in a repo with no commit
+
+
+def git_user(repo: Path) -> None:
+    sh(repo, "git", "config", "user.email", "test@example.com")
+    sh(repo, "git", "config", "user.name", "test")

@@ -26,7 +26,7 @@ def exp_entry(rev, name, norm, cells):
     """One revision as `dvc exp show --json` writes it."""
     return {"rev": rev, "name": name, "data": {
         "params": {"params.yaml": {"data": {"norm": norm, "weights": "scratch"}}},
-        "metrics": {f"metrics/{c}.json": {"data": {"best_acc": acc}} for c, acc in cells.items()}}}
+        "metrics": {"metrics.json": {"data": {c: {"best_acc": acc} for c, acc in cells.items()}}}}}
 
 
 SHOW = [

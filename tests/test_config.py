@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from normbench.config import TrainConfig, check_block, load_params, resolve_device
+from normbench.config import SpeedConfig, TrainConfig, check_block, load_params, resolve_device
 from normbench.grid import Grid
 from normbench.models import WEIGHTS
 from normbench.registry import ConfigError
@@ -66,3 +66,26 @@ def test_weights_and_device_choices():
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_speed_config_resolves_auto_per_device():
+    auto = SpeedConfig.from_params({"amp": "auto", "compile": "auto", "compile_fallback": False})
+    cpu = auto.resolve(torch.device("cpu"))
+    assert (cpu.amp, cpu.compile) == ("none", "none")  # the plain fp32 eager loop on a CPU
+    explicit = SpeedConfig("bf16", "default", True)
+    assert explicit.resolve(torch.device("cpu")) == explicit
+    assert SpeedConfig.from_params(load_params("params.yaml")["speed"]).amp == "auto"
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"amp": "fp16", "compile": "auto", "compile_fallback": False},
+     "unknown speed.amp 'fp16'; valid choices: auto, bf16, none"),
+    ({"amp": "auto", "compile": "cudagraphs", "compile_fallback": False},
+     "unknown speed.compile 'cudagraphs'; valid choices: auto, reduce-overhead, default"),
+    ({"amp": "auto", "compile": "auto", "compile_fallback": "yes"},
+     "speed.compile_fallback must be bool, got str 'yes'"),
+    ({"amp": "auto", "compile": "auto"}, r"missing keys \['compile_fallback'\]"),
+])
+def test_speed_config_rejects_bad_values(block, message):
+    with pytest.raises(ConfigError, match=message):
+        SpeedConfig.from_params(block)

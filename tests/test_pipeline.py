@@ -2,49 +2,26 @@
 on a tiny configuration in a temporary git repository."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import sh, tiny_project
+
+from normbench.compare import parse_exp_show
 
 CELL = "resnet18-shapes-223"
 pytestmark = pytest.mark.slow
 
 
-def sh(repo: Path, *cmd: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A copy of the project with a tiny grid: one model, one 48-image dataset, one epoch."""
+    """The project with a tiny grid, reproduced and committed."""
     repo = tmp_path_factory.mktemp("normbench")
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
-    params["train"].update(epochs=1, batch_size=16)
-    params["data"]["shapes"]["images_per_class"] = 8
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "config", "user.email", "test@example.com")
-    sh(repo, "git", "config", "user.name", "test")
-    sh(repo, "dvc", "init", "-q")
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "project")  # dvclive cannot start in a repo with no commit
+    tiny_project(repo)
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline")
@@ -91,8 +68,11 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     assert f"Running stage 'train@{CELL}'" in out
     assert "Running stage 'download@shapes'" not in out  # only the cells depend on norm
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
-    assert "best_acc" in diff[f"metrics/{CELL}.json"]
+    change = diff["metrics.json"][f"{CELL}.best_acc"]  # per cell, from the git-tracked summary
+    assert change["old"] == json.loads(baseline)["best_acc"]
     minmax = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
+    assert change["new"] == minmax["best_acc"]
+    assert json.loads((repo / "metrics.json").read_text()) == {CELL: minmax}
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
     assert "Running stage 'train@" not in out  # restored from the run-cache, not retrained
@@ -114,6 +94,21 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
         f"{minmax['best_acc'] * 100:.2f} $\\textcolor{{{colour}}}{{{delta:+.2f}}}$ (")
     assert "McNemar" in table and "**shapes**:" in table
     assert (repo / "compare" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_queue_runs_settings_in_parallel_workers(repo):
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "norm=instance,none")
+    sh(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 540
+    while time.monotonic() < deadline:
+        status = sh(repo, "dvc", "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    runs = parse_exp_show(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
+    done = {r.setting for r in runs if ("resnet18", "shapes", 223) in r.cells}
+    assert {"norm=instance weights=scratch", "norm=none weights=scratch"} <= done
 
 
 def test_switching_weights_touches_only_the_train_cells_and_the_report(repo):

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 import yaml
 from conftest import run_stage
 
@@ -37,6 +38,8 @@ def project(tmp_path, params):
     ({"norm": 3}, "norm must be a string, got int 3"),
     ({"weights_mirror": "ftp.example"}, "weights_mirror must be null or a base URL"),
     ({"train": {"epochs": "ten"}}, "train: unknown keys"),
+    ({"speed": {"amp": "fp16", "compile": "auto", "compile_fallback": False}},
+     "unknown speed.amp 'fp16'; valid choices: auto, bf16, none"),
     ({}, "dataset folder data/digits is missing train_images.npy; run `dvc repro download@digits`"),
 ])
 def test_train_rejects_bad_input_before_training(project, tmp_path, changes, message):
@@ -48,6 +51,14 @@ def test_train_rejects_bad_input_before_training(project, tmp_path, changes, mes
     assert time.monotonic() - start < 60  # seconds (mostly importing torch), not a training run
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
     assert not any((tmp_path / d).exists() for d in ("plots", "checkpoints", "weightdist"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_train_on_cuda_without_cuda_names_the_alternatives(project, tmp_path):
+    proc = run_stage(project(device="cuda"), "train", *train_args(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert ("device: cuda asked for, but this machine has no CUDA device; use device: auto or "
+            "device: cpu") in proc.stderr
 
 
 def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):

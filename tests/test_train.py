@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from normbench.config import TrainConfig
+from normbench.config import SpeedConfig, TrainConfig
 from normbench.arrays import Arrays
 from normbench.datasets import make_shapes
 from normbench.models import MODELS, build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats
-from normbench.train import (TrainingDiverged, augment, batches_per_epoch, seed_everything,
-                             train_cell)
+from normbench.train import (CompileFailed, TrainingDiverged, augment, batches_per_epoch,
+                             seed_everything, train_cell)
 from normbench.weightdist import WeightRecorder
 
 CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
@@ -113,3 +113,86 @@ def test_a_model_learns_the_shapes():
     r = run(big, cfg=cfg)
     assert r.history[-1]["train_loss"] < 0.8 * r.history[1]["train_loss"]
     assert r.metrics()["best_acc"] > 1 / 6  # above chance
+
+
+def tiny_net(classes: int) -> torch.nn.Module:
+    """A net small enough for torch.compile to build in seconds on a CPU."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, classes))
+
+
+def run_tiny(arrays: Arrays, speed: SpeedConfig, cfg=CFG):
+    seed_everything(5)
+    return train_cell(tiny_net(len(arrays.classes)), arrays, NORMALIZATIONS["dataset"], STATS,
+                      cfg, 5, torch.device("cpu"), speed=speed)
+
+
+@pytest.fixture(scope="module")
+def even() -> Arrays:
+    """Shapes whose splits divide into equal batches: one compiled graph for train, one for eval."""
+    arrays = make_shapes(images_per_class=8, test_fraction=0.25, seed=0)  # 36 train, 12 test
+    assert len(arrays.train.labels) % 12 == 0 and len(arrays.test.labels) == 12
+    return arrays
+
+
+EVEN = TrainConfig(**{**CFG.__dict__, "batch_size": 12, "eval_batch_size": 12})
+PLAIN = SpeedConfig("none", "none", False)
+
+
+def test_compiled_path_learns_what_the_eager_path_learns(even):
+    eager = run_tiny(even, PLAIN, EVEN)
+    compiled = run_tiny(even, SpeedConfig("none", "default", False), EVEN)
+    assert compiled.speed["compiled"] and not eager.speed["compiled"]
+    for a, b in zip(eager.history, compiled.history):
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+    for a, b in zip(eager.history[1:], compiled.history[1:]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+
+
+def test_bf16_autocast_is_applied_and_close_to_fp32(even):
+    fp32 = run_tiny(even, PLAIN, EVEN)
+    bf16 = run_tiny(even, SpeedConfig("bf16", "none", False), EVEN)
+    assert bf16.speed["amp"] == "bf16"
+    # Epoch 0 evaluates the same initial weights: bf16 rounding (8-bit mantissa) moves the loss
+    # a little, never by much.
+    assert bf16.history[0]["test_loss"] != fp32.history[0]["test_loss"]
+    assert bf16.history[0]["test_loss"] == pytest.approx(fp32.history[0]["test_loss"], rel=2e-2)
+    assert all(math.isfinite(h["test_loss"]) for h in bf16.history)
+
+
+def failing_compile(monkeypatch):
+    """torch.compile whose backend fails as a missing compiler would, at the first call."""
+    real = torch.compile
+
+    def backend(graph, example_inputs):
+        raise RuntimeError("no working C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode: real(model, backend=backend))
+
+
+def test_failing_compile_stops_the_cell_with_the_fix(even, monkeypatch):
+    failing_compile(monkeypatch)
+    with pytest.raises(CompileFailed, match=r"torch.compile \(mode default\) failed: "
+                       r"BackendCompilerFailed.*Set speed.compile: none to train eagerly, or "
+                       r"speed.compile_fallback: true"):
+        run_tiny(even, SpeedConfig("none", "default", False), EVEN)
+
+
+def test_failing_compile_falls_back_to_eager_when_allowed(even, monkeypatch, capsys):
+    eager = run_tiny(even, PLAIN, EVEN)
+    failing_compile(monkeypatch)
+    fallback = run_tiny(even, SpeedConfig("none", "default", True), EVEN)
+    assert "training eagerly (speed.compile_fallback: true)" in capsys.readouterr().out
+    assert not fallback.speed["compiled"]
+    assert "no working C++ compiler" in fallback.speed["compile_fallback_reason"]
+    assert fallback.history == eager.history  # the failed attempt changed nothing
+
+
+def test_compile_unavailable_is_reported(even, monkeypatch):
+    def unavailable(model, mode):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.raises(CompileFailed, match="RuntimeError: torch.compile is not supported"):
+        run_tiny(even, SpeedConfig("none", "reduce-overhead", False), EVEN)

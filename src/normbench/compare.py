@@ -53,11 +53,12 @@ def _run_from(entry: dict) -> Run | None:
         return None
     run = Run(entry["rev"], entry.get("name") or entry["rev"][:7],
               f"norm={params['norm']} weights={params['weights']}")
-    for path, metrics in (data.get("metrics") or {}).items():
-        values = metrics.get("data") or {}
-        if "best_acc" in values:  # a cell whose metrics file is missing or broken is left out
-            model, dataset, seed = Path(path).stem.rsplit("-", 2)
-            run.cells[(model, dataset, int(seed))] = values
+    # metrics.json: {cell: {best_acc, ...}}; a cell without best_acc (broken) is left out.
+    for metrics in (data.get("metrics") or {}).values():
+        for cell, values in (metrics.get("data") or {}).items():
+            if isinstance(values, dict) and "best_acc" in values:
+                model, dataset, seed = cell.rsplit("-", 2)
+                run.cells[(model, dataset, int(seed))] = values
     return run
 
 

@@ -15,6 +15,11 @@ from normbench.registry import ConfigError, Registry
 OPTIMIZERS = Registry("train.optimizer", {"adam": "adam", "sgd": "sgd"})
 SCHEDULERS = Registry("train.scheduler", {"cosine": "cosine", "none": "none"})
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+AMPS = Registry("speed.amp", {"auto": "auto", "bf16": "bf16", "none": "none"})
+# torch.compile's modes; reduce-overhead adds CUDA graphs, which is what a launch-bound 32 px net
+# needs (one replay instead of hundreds of kernel launches per step).
+COMPILE_MODES = Registry("speed.compile", {m: m for m in (
+    "auto", "reduce-overhead", "default", "max-autotune", "none")})
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -102,3 +107,31 @@ def resolve_device(name: Any) -> torch.device:
         raise ConfigError(f"device: {name} asked for, but this machine has no CUDA device; "
                           "use device: auto or device: cpu")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The ``speed`` block of params.yaml: how fast a cell trains, not what it learns.
+
+    ``auto`` picks the fast path on CUDA and the plain fp32 eager path on a CPU, where bf16 and
+    compilation cost more than they save. The resolved values go into each checkpoint.
+    """
+
+    amp: str  # auto | bf16 (autocast forward and backward; weights, optimizer stay fp32) | none
+    compile: str  # auto | reduce-overhead | default | max-autotune | none (torch.compile mode)
+    compile_fallback: bool  # torch.compile failing: train eager with a warning (true) or stop
+
+    @classmethod
+    def from_params(cls, block: Any) -> "SpeedConfig":
+        cfg = cls(**check_block(block, typing.get_type_hints(cls), "speed"))
+        AMPS.check(cfg.amp)
+        COMPILE_MODES.check(cfg.compile)
+        return cfg
+
+    def resolve(self, device: torch.device) -> "SpeedConfig":
+        """Replace ``auto`` by what it means on ``device``."""
+        cuda = device.type == "cuda"
+        bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        amp = ("bf16" if bf16 else "none") if self.amp == "auto" else self.amp
+        mode = ("reduce-overhead" if cuda else "none") if self.compile == "auto" else self.compile
+        return SpeedConfig(amp=amp, compile=mode, compile_fallback=self.compile_fallback)

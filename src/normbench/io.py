@@ -49,10 +49,10 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(); a known failure prints one clear line instead of a traceback."""
-    from normbench.train import TrainingDiverged
+    from normbench.train import CompileFailed, TrainingDiverged
 
     try:
         main()
-    except (ConfigError, TrainingDiverged) as e:
+    except (ConfigError, TrainingDiverged, CompileFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -41,6 +41,15 @@ def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metrics_summary(metrics: pd.DataFrame) -> dict[str, dict]:
+    """{cell: its metrics} for metrics.json; keys a cell lacks (peak_gpu_mib on a CPU) left out."""
+    summary = {}
+    for row in metrics.to_dict("records"):
+        cell = cell_name(row.pop("model"), row.pop("dataset"), row.pop("seed"))
+        summary[cell] = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+    return summary
+
+
 def read_history(grid: Grid, live_dir: Path) -> pd.DataFrame:
     """Long table of per-epoch curves (model, dataset, seed, cell, epoch, <curve>...)."""
     frames = []

@@ -2,29 +2,107 @@
 
 The whole uint8 dataset lives on the training device; each batch is cropped, flipped and
 normalized there, so no worker processes or PIL are involved and the CPU path is the same code as
-the GPU path.
+the GPU path. On a GPU the model runs under bf16 autocast and torch.compile with CUDA graphs
+(``speed`` params): at 32 px these nets are bound by kernel launches, not arithmetic.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.config import TrainConfig
+from normbench.config import SpeedConfig, TrainConfig
 from normbench.arrays import Arrays
 from normbench.normalizations import ChannelStats, Normalization
 from normbench.weightdist import WeightRecorder
 
+T = TypeVar("T")
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the cell stops and writes no metrics."""
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile failed and ``speed.compile_fallback`` does not allow the eager path."""
+
+
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What torch.compile raises when it cannot trace or build a graph (inductor's included).
+
+    Imported on demand: torch._dynamo adds seconds to the start of every eager cell.
+    """
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return TorchDynamoException, CppCompileError
+
+
+class Runner:
+    """The model's forward pass as ``speed`` asks: bf16 autocast, torch.compile, or plain fp32.
+
+    torch.compile builds lazily: a compile error surfaces at the first call of each new input
+    shape or train/eval mode, in the forward or the backward. ``guarded`` catches it there and,
+    if ``compile_fallback`` allows, switches to the eager model for the rest of the cell.
+    """
+
+    def __init__(self, model: nn.Module, speed: SpeedConfig, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.speed = speed
+        self.amp = speed.amp == "bf16"
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.fallback_reason: str | None = None  # why the cell runs eager although compile was set
+        if speed.compile != "none":
+            try:
+                self.compiled = torch.compile(model, mode=speed.compile)
+            except RuntimeError as e:  # e.g. a Python version torch cannot compile for
+                self._give_up(e)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.compiled is None:
+                return self.model(x)
+            if self.device.type == "cuda":
+                # A new step: outputs of the previous CUDA graph replay may be overwritten.
+                torch.compiler.cudagraph_mark_step_begin()
+            return self.compiled(x)
+
+    def guarded(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()``; after a compile error, run it again eagerly (if allowed)."""
+        if self.compiled is None:
+            return fn()
+        try:
+            return fn()
+        except compile_errors() as e:
+            self._give_up(e)
+            return fn()
+
+    def _give_up(self, error: Exception) -> None:
+        # torch's messages put the cause in their first paragraph and debugging hints after it.
+        cause = " ".join(str(error).strip().split("\n\n")[0].split())[:400]
+        reason = (f"torch.compile (mode {self.speed.compile}) failed: "
+                  f"{type(error).__name__}: {cause}")
+        if not self.speed.compile_fallback:
+            raise CompileFailed(f"{reason}. Set speed.compile: none to train eagerly, or "
+                                "speed.compile_fallback: true to fall back automatically"
+                                ) from error
+        print(f"warning: {reason}; training eagerly (speed.compile_fallback: true)", flush=True)
+        self.compiled, self.fallback_reason = None, reason
+
+    def used(self) -> dict:
+        """What this cell actually ran with (recorded in the checkpoint)."""
+        return {"amp": self.speed.amp, "compile": self.speed.compile,
+                "compiled": self.speed.compile != "none" and self.fallback_reason is None,
+                "compile_fallback_reason": self.fallback_reason}
 
 
 @dataclass(frozen=True)
@@ -43,6 +121,8 @@ def to_device(arrays: Arrays, device: torch.device) -> tuple[DeviceSplit, Device
 
 def seed_everything(seed: int) -> None:
     """Seed torch's global generator (model initialisation) and ask for deterministic kernels."""
+    # cuBLAS is deterministic only with a fixed workspace; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -70,16 +150,16 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: DeviceSplit, normalize: Callable[[torch.Tensor], torch.Tensor],
+def evaluate(runner: Runner, split: DeviceSplit, normalize: Callable[[torch.Tensor], torch.Tensor],
              batch_size: int) -> tuple[float, float, torch.Tensor]:
     """Mean cross-entropy, accuracy (fraction correct) and the predicted class of every image."""
-    model.eval()
+    runner.model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
     preds = []
     for start in range(0, len(split.labels), batch_size):
         x = normalize(split.images[start:start + batch_size])
         y = split.labels[start:start + batch_size]
-        logits = model(x)
+        logits = runner.guarded(lambda: runner.forward(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)
@@ -87,12 +167,15 @@ def evaluate(model: nn.Module, split: DeviceSplit, normalize: Callable[[torch.Te
     return loss_sum.item() / n, (pred == split.labels).double().mean().item(), pred.cpu()
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
+def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
     params = model.parameters()
+    # On CUDA: one kernel for all parameters instead of several per tensor (None: torch's default).
+    fused = True if device.type == "cuda" else None
     if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                              fused=fused)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
@@ -112,13 +195,15 @@ class CellResult:
     best_epoch: int
     best_state: dict[str, torch.Tensor]  # weights at the best epoch, on the CPU
     best_predictions: np.ndarray  # predicted test label per image at the best epoch
-    train_seconds: float  # wall time of all epochs, evaluation included
+    train_seconds: float  # wall time of all epochs, evaluation and compilation included
     images_per_s: float  # training throughput, evaluation excluded
-    extra: dict = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)  # what the cell ran with (Runner.used)
+    peak_gpu_mib: float | None = None  # peak memory allocated on the GPU (MiB); None on a CPU
 
     def metrics(self) -> dict:
         best = self.history[self.best_epoch]
         last = self.history[-1]
+        gpu = {} if self.peak_gpu_mib is None else {"peak_gpu_mib": round(self.peak_gpu_mib, 1)}
         return {
             "best_acc": best["test_acc"],
             "best_epoch": self.best_epoch,
@@ -127,6 +212,7 @@ class CellResult:
             "epochs": last["epoch"],
             "train_seconds": round(self.train_seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
+            **gpu,
             # How far the watched layers moved by the end (relative L2), when they were recorded.
             **{k: v for k, v in last.items() if k.startswith("drift_")},
         }
@@ -137,24 +223,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: DeviceSplit,
+                bounds: list[tuple[int, int]], normalize: Callable[[torch.Tensor], torch.Tensor],
+                cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over ``split`` in a fresh random order.
+
+    Returns the summed loss and the number of correct predictions as device tensors: nothing in
+    the loop waits for the device, so the GPU never idles between steps.
+    """
+    runner.model.train()
+    device = split.labels.device
+    perm = torch.randperm(len(split.labels), generator=gen, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for lo, hi in bounds:
+        idx = perm[lo:hi]
+        x = normalize(augment(split.images[idx], cfg.pad, cfg.flip, gen))
+        y = split.labels[idx]
+
+        def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
+            opt.zero_grad(set_to_none=True)
+            logits = runner.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            return logits, loss
+
+        logits, loss = runner.guarded(forward_backward)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach().double() * (hi - lo)
+        correct += (logits.detach().argmax(1) == y).sum()
+    return loss_sum, correct
+
+
 def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: ChannelStats,
                cfg: TrainConfig, seed: int, device: torch.device,
                on_epoch: Callable[[dict], None] = lambda record: None,
-               recorder: WeightRecorder | None = None) -> CellResult:
+               recorder: WeightRecorder | None = None,
+               speed: SpeedConfig = SpeedConfig("none", "none", False)) -> CellResult:
     """Train ``model`` on ``arrays`` and evaluate after every epoch; raise TrainingDiverged on NaN.
 
     ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists;
-    ``recorder`` takes a weight snapshot at epoch 0 and after every epoch.
+    ``recorder`` takes a weight snapshot at epoch 0 and after every epoch; ``speed`` (resolved,
+    no ``auto``) sets bf16 autocast and torch.compile, the plain fp32 eager path by default.
     """
     model = model.to(device)
+    runner = Runner(model, speed, device)
     train, test = to_device(arrays, device)
     normalize = lambda x: norm(x, stats)  # noqa: E731
     gen = torch.Generator(device=device).manual_seed(seed)
     bounds = batches_per_epoch(len(train.labels), cfg.batch_size)
-    opt, sched = make_optimizer(model, cfg, total_steps=cfg.epochs * len(bounds))
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * len(bounds), device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor]:
-        test_loss, test_acc, pred = evaluate(model, test, normalize, cfg.eval_batch_size)
+        test_loss, test_acc, pred = evaluate(runner, test, normalize, cfg.eval_batch_size)
         drifts = recorder.record(model, epoch) if recorder is not None else {}
         record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc, **drifts}
         on_epoch(record)
@@ -166,26 +290,11 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     step_seconds = 0.0
     seen = 0
+    n = sum(hi - lo for lo, hi in bounds)
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         _sync(device)
         t0 = time.perf_counter()
-        perm = torch.randperm(len(train.labels), generator=gen, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        for lo, hi in bounds:
-            idx = perm[lo:hi]
-            x = normalize(augment(train.images[idx], cfg.pad, cfg.flip, gen))
-            y = train.labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach().double() * (hi - lo)
-            correct += (logits.detach().argmax(1) == y).sum()
-        n = sum(hi - lo for lo, hi in bounds)
+        loss_sum, correct = train_epoch(runner, opt, sched, train, bounds, normalize, cfg, gen)
         train_loss = loss_sum.item() / n  # .item() waits for the device: the timing is honest
         step_seconds += time.perf_counter() - t0
         seen += n
@@ -208,4 +317,7 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
         best_predictions=best_pred.numpy().astype(np.int16),
         train_seconds=time.perf_counter() - start,
         images_per_s=seen / max(step_seconds, 1e-9),
+        speed=runner.used(),
+        peak_gpu_mib=torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda" else None,
     )

@@ -1,0 +1,306 @@
+"""Training speed: normbench's loop against a seed-style reference loop, timed in the same run.
+
+Synthetic CIFAR-shaped data (uint8, N x size x size x 3, 10 classes), batch 256, Adam, per model:
+- reference: the seed study's loop: PIL images through torchvision transforms (RandomCrop with
+  4 px padding, RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with worker processes,
+  fp32, eager; evaluation the same way without the random transforms;
+- plain: normbench's loop (uint8 dataset on the device, crop/flip/normalize there), fp32, eager;
+- fast: normbench's loop with --amp/--compile (default: what `speed: auto` picks on this device,
+  bf16 autocast + torch.compile with CUDA graphs on a GPU).
+Each loop first runs one untimed epoch (worker start-up, compilation, autotuning; its extra time
+is reported as warm-up), then whole epochs until --seconds have passed. The script prints
+images/s per loop and the fast/reference ratio, appends its rows to bench/results/<device>.jsonl
+and rewrites bench/results/<device>.md from all rows of that device, with the seed grid's
+estimated GPU-hours (4 models x 4 datasets x 4 settings x 100 epochs).
+
+Usage: python bench/train_speed.py [--models resnet18 densenet121] [--size 32] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from normbench.config import SpeedConfig, TrainConfig, resolve_device  # noqa: E402
+from normbench.models import MODELS, build_model  # noqa: E402
+from normbench.normalizations import NORMALIZATIONS, ChannelStats  # noqa: E402
+from normbench.train import (DeviceSplit, Runner, batches_per_epoch, evaluate,  # noqa: E402
+                             make_optimizer, train_epoch)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STATS = ChannelStats((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10-like, in [0, 1] units
+CLASSES = 10
+
+# The seed study's grid, for the GPU-hours estimate: (train images, test images, size in px).
+GRID_MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
+GRID_DATASETS = {"cifar10": (50_000, 10_000, 32), "cifar100": (50_000, 10_000, 32),
+                 "svhn": (73_257, 26_032, 32), "tiny_imagenet_200": (100_000, 10_000, 64)}
+GRID_SETTINGS, GRID_EPOCHS = 4, 100
+
+
+@dataclass
+class Rate:
+    train: float  # training images/s, steady state
+    eval: float  # evaluation images/s, steady state
+    warmup_s: float  # extra seconds of the first epoch (workers, compilation, autotuning)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(epoch: Callable[[], None], images: int, seconds: float, device: torch.device) -> Rate:
+    """Run one untimed epoch, then epochs until ``seconds`` pass; images/s and warm-up seconds."""
+    sync(device)
+    t0 = time.perf_counter()
+    epoch()
+    sync(device)
+    first = time.perf_counter() - t0
+    done, t0 = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - t0 < seconds:
+        epoch()
+        sync(device)
+        done += images
+    rate = done / (time.perf_counter() - t0)
+    return Rate(train=rate, eval=float("nan"), warmup_s=max(first - images / rate, 0.0))
+
+
+def synthetic(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return images, rng.integers(0, CLASSES, n).astype(np.int64)
+
+
+class SeedStyleDataset(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 dataset does per item: a PIL image through the transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def reference_rate(model_name: str, train: tuple, test: tuple, size: int, args,
+                   device: torch.device) -> Rate:
+    """The seed-style loop: DataLoader workers + PIL transforms, fp32 eager, Adam."""
+    torch.manual_seed(0)
+    model = build_model(model_name, CLASSES).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    normalize = transforms.Normalize(STATS.mean, STATS.std)
+    augment = transforms.Compose([transforms.RandomCrop(size, padding=4),
+                                  transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                  normalize])
+    plain = transforms.Compose([transforms.ToTensor(), normalize])
+
+    def loader(data: tuple, transform, batch: int, shuffle: bool):
+        return torch.utils.data.DataLoader(
+            SeedStyleDataset(*data, transform), batch_size=batch, shuffle=shuffle,
+            num_workers=args.workers, pin_memory=device.type == "cuda",
+            persistent_workers=args.workers > 0)
+
+    train_loader = loader(train, augment, args.batch, True)
+    test_loader = loader(test, plain, 256, False)  # the seed study's test_batch_size
+
+    def train_pass() -> None:
+        model.train()
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    @torch.no_grad()
+    def eval_pass() -> None:
+        model.eval()
+        for x, y in test_loader:
+            model(x.to(device, non_blocking=True)).argmax(1)
+
+    rate = timed(train_pass, len(train[1]), args.seconds, device)
+    rate.eval = timed(eval_pass, len(test[1]), args.seconds / 2, device).train
+    return rate
+
+
+def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig, args,
+                 device: torch.device) -> Rate:
+    """normbench's own train_epoch and evaluate, as the train stage runs them."""
+    torch.manual_seed(0)
+    model = build_model(model_name, CLASSES).to(device)
+    runner = Runner(model, speed, device)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch, eval_batch_size=1024, lr=1e-3,
+                      weight_decay=0.0, optimizer="adam", scheduler="none", pad=4, flip=True)
+
+    def on_device(data: tuple) -> DeviceSplit:
+        images = torch.from_numpy(data[0]).permute(0, 3, 1, 2).contiguous()
+        return DeviceSplit(images.to(device), torch.from_numpy(data[1]).to(device))
+
+    train_split, test_split = on_device(train), on_device(test)
+    bounds = batches_per_epoch(len(train[1]), args.batch)
+    opt, sched = make_optimizer(model, cfg, len(bounds), device)
+    normalize = lambda x: NORMALIZATIONS["dataset"](x, STATS)  # noqa: E731
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def train_pass() -> None:
+        loss_sum, _ = train_epoch(runner, opt, sched, train_split, bounds, normalize, cfg, gen)
+        loss_sum.item()  # the stage reads the epoch's loss once, too
+
+    rate = timed(train_pass, len(train[1]), args.seconds, device)
+    eval_rate = timed(lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size),
+                      len(test[1]), args.seconds / 2, device)
+    rate.eval, rate.warmup_s = eval_rate.train, rate.warmup_s + eval_rate.warmup_s
+    if runner.fallback_reason:
+        raise SystemExit(f"error: {runner.fallback_reason}")
+    return rate
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def grid_hours(rows: list[dict], loop: str) -> tuple[float, list[str]] | None:
+    """GPU-hours of the seed grid at this loop's measured rates, and the assumptions made.
+
+    A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels); each cell pays its
+    warm-up twice (full and last partial batch each get a graph).
+    """
+    rates = {(r["model"], r["size"]): r for r in rows if r["loop"] == loop}
+    hours, notes = 0.0, []
+    for model in GRID_MODELS:
+        for n_train, n_test, size in GRID_DATASETS.values():
+            r, scale = rates.get((model, size)), 1.0
+            if r is None and (model, 32) in rates:
+                r, scale = rates[(model, 32)], (32 / size) ** 2
+                notes.append(f"{model} {size} px scaled from 32 px")
+            if r is None:
+                return None
+            per_epoch = n_train / (r["train_img_s"] * scale) + n_test / (r["eval_img_s"] * scale)
+            hours += GRID_SETTINGS * ((GRID_EPOCHS + 1) * per_epoch + 2 * r["warmup_s"]) / 3600
+    return hours, sorted(set(notes))
+
+
+def write_summary(jsonl: Path) -> str:
+    """The device's markdown table from all its rows (the newest row per model, size and loop)."""
+    latest: dict[tuple, dict] = {}
+    for line in jsonl.read_text().splitlines():
+        row = json.loads(line)
+        latest[(row["model"], row["size"], row["loop"])] = row
+    rows = list(latest.values())
+    device = rows[-1]["device"]
+    lines = [f"# Training speed on {device}", "",
+             "`python bench/train_speed.py` (synthetic data, batch 256, Adam); images/s, steady "
+             "state. reference = seed-style loop (PIL transforms, DataLoader, fp32); plain = "
+             "normbench fp32 eager; fast = normbench with the speed settings shown.", "",
+             "| model | px | reference train | plain train | fast train | fast / reference | "
+             "fast eval | fast warm-up s | fast peak GPU MiB | fast settings |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, size in sorted({(r["model"], r["size"]) for r in rows}):
+        get = {loop: latest.get((model, size, loop)) for loop in ("reference", "plain", "fast")}
+        ref, plain, fast = get["reference"], get["plain"], get["fast"]
+        cell = lambda r, k: f"{r[k]:,.0f}" if r else "-"  # noqa: E731
+        ratio = f"{fast['train_img_s'] / ref['train_img_s']:.2f}x" if ref and fast else "-"
+        settings = f"amp {fast['amp']}, compile {fast['compile']}" if fast else "-"
+        peak = f"{fast['peak_mib']:,.0f}" if fast and fast.get("peak_mib") else "-"
+        warm = f"{fast['warmup_s']:.0f}" if fast else "-"
+        lines.append(f"| {model} | {size} | {cell(ref, 'train_img_s')} | "
+                     f"{cell(plain, 'train_img_s')} | {cell(fast, 'train_img_s')} | {ratio} | "
+                     f"{cell(fast, 'eval_img_s')} | {warm} | {peak} | {settings} |")
+    lines += ["", f"## The seed grid ({len(GRID_MODELS)} models x {len(GRID_DATASETS)} datasets x "
+              f"{GRID_SETTINGS} settings x {GRID_EPOCHS} epochs, one seed) at these rates", ""]
+    for loop in ("reference", "plain", "fast"):
+        estimate = grid_hours(rows, loop)
+        if estimate is None:
+            lines.append(f"- {loop}: not every grid model measured "
+                         f"({', '.join(GRID_MODELS)} needed)")
+        else:
+            hours, notes = estimate
+            lines.append(f"- {loop}: {hours:.1f} GPU-hours" + (f" ({'; '.join(notes)})"
+                                                                if notes else ""))
+    text = "\n".join(lines) + "\n"
+    jsonl.with_suffix(".md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
+    ap.add_argument("--images", type=int, default=50_000, help="train images per epoch")
+    ap.add_argument("--test-images", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loop, at least")
+    ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
+                    help="DataLoader workers of the reference loop")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", help="the fast loop's speed.amp")
+    ap.add_argument("--compile", default="auto", help="the fast loop's speed.compile")
+    ap.add_argument("--loops", nargs="+", default=["reference", "plain", "fast"],
+                    choices=["reference", "plain", "fast"])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for .jsonl and .md")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    speed = SpeedConfig.from_params({"amp": args.amp, "compile": args.compile,
+                                     "compile_fallback": False}).resolve(device)
+    name = device_name(device)
+    jsonl = args.results / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".jsonl")
+    args.results.mkdir(parents=True, exist_ok=True)
+    train, test = synthetic(args.images, args.size, 0), synthetic(args.test_images, args.size, 1)
+    print(f"{name}: {args.images} train / {args.test_images} test images of {args.size} px, "
+          f"batch {args.batch}; fast = amp {speed.amp}, compile {speed.compile}", flush=True)
+    plain_speed = SpeedConfig("none", "none", False)
+    for model in args.models:
+        rates = {}
+        for loop in args.loops:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if loop == "fast" and speed.compile != "none":
+                torch._dynamo.reset()  # each model compiles afresh, within the recompile limit
+            if loop == "reference":
+                rate = reference_rate(model, train, test, args.size, args, device)
+            else:
+                rate = project_rate(model, train, test, speed if loop == "fast" else plain_speed,
+                                    args, device)
+            used = speed if loop == "fast" else plain_speed
+            row = {"device": name, "model": model, "size": args.size, "loop": loop,
+                   "train_img_s": rate.train, "eval_img_s": rate.eval, "warmup_s": rate.warmup_s,
+                   "amp": used.amp, "compile": used.compile, "batch": args.batch,
+                   "images": args.images, "torch": torch.__version__,
+                   "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
+                   if device.type == "cuda" else None,
+                   "date": time.strftime("%Y-%m-%d")}
+            with jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            rates[loop] = rate
+            print(f"  {model:12s} {loop:9s} train {rate.train:10,.0f} img/s  eval "
+                  f"{rate.eval:10,.0f} img/s  warm-up {rate.warmup_s:6.1f} s", flush=True)
+        if "reference" in rates and "fast" in rates:
+            ratio = rates["fast"].train / rates["reference"].train
+            print(f"  {model:12s} fast / reference: {ratio:.2f}x", flush=True)
+    print()
+    print(write_summary(jsonl))
+
+
+if __name__ == "__main__":
+    main()
