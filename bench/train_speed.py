@@ -57,7 +57,7 @@ GRID_SETTINGS, GRID_EPOCHS = 4, 100
 class Rate:
     train: float  # training images/s, steady state
     eval: float  # evaluation images/s, steady state
-    warmup_s: float  # extra seconds of the first epoch (workers, compilation, autotuning)
+    warmup_s: float  # extra seconds of the first train + eval epochs (workers, compilation)
 
 
 def sync(device: torch.device) -> None:
@@ -65,8 +65,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(epoch: Callable[[], None], images: int, seconds: float, device: torch.device) -> Rate:
-    """Run one untimed epoch, then epochs until ``seconds`` pass; images/s and warm-up seconds."""
+def timed(epoch: Callable[[], None], images: int, seconds: float,
+          device: torch.device) -> tuple[float, float]:
+    """Run one untimed epoch, then epochs until ``seconds`` pass: (images/s, warm-up seconds)."""
     sync(device)
     t0 = time.perf_counter()
     epoch()
@@ -78,7 +79,7 @@ def timed(epoch: Callable[[], None], images: int, seconds: float, device: torch.
         sync(device)
         done += images
     rate = done / (time.perf_counter() - t0)
-    return Rate(train=rate, eval=float("nan"), warmup_s=max(first - images / rate, 0.0))
+    return rate, max(first - images / rate, 0.0)
 
 
 def synthetic(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +137,9 @@ def reference_rate(model_name: str, train: tuple, test: tuple, size: int, args,
         for x, y in test_loader:
             model(x.to(device, non_blocking=True)).argmax(1)
 
-    rate = timed(train_pass, len(train[1]), args.seconds, device)
-    rate.eval = timed(eval_pass, len(test[1]), args.seconds / 2, device).train
-    return rate
+    train_rate, warmup = timed(train_pass, len(train[1]), args.seconds, device)
+    eval_rate, eval_warmup = timed(eval_pass, len(test[1]), args.seconds / 2, device)
+    return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
 
 def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig, args,
@@ -164,13 +165,11 @@ def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig,
         loss_sum, _ = train_epoch(runner, opt, sched, train_split, bounds, normalize, cfg, gen)
         loss_sum.item()  # the stage reads the epoch's loss once, too
 
-    rate = timed(train_pass, len(train[1]), args.seconds, device)
-    eval_rate = timed(lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size),
-                      len(test[1]), args.seconds / 2, device)
-    rate.eval, rate.warmup_s = eval_rate.train, rate.warmup_s + eval_rate.warmup_s
-    if runner.fallback_reason:
-        raise SystemExit(f"error: {runner.fallback_reason}")
-    return rate
+    train_rate, warmup = timed(train_pass, len(train[1]), args.seconds, device)
+    eval_rate, eval_warmup = timed(
+        lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size), len(test[1]),
+        args.seconds / 2, device)
+    return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
 
 def device_name(device: torch.device) -> str:
@@ -208,10 +207,13 @@ def write_summary(jsonl: Path) -> str:
         latest[(row["model"], row["size"], row["loop"])] = row
     rows = list(latest.values())
     device = rows[-1]["device"]
+    commands = sorted({f"`{r.get('command', 'python bench/train_speed.py')}` ({r['date']}, "
+                       f"torch {r['torch']})" for r in rows})
     lines = [f"# Training speed on {device}", "",
-             "`python bench/train_speed.py` (synthetic data, batch 256, Adam); images/s, steady "
-             "state. reference = seed-style loop (PIL transforms, DataLoader, fp32); plain = "
-             "normbench fp32 eager; fast = normbench with the speed settings shown.", "",
+             "Synthetic CIFAR-shaped data, Adam; training and evaluation images/s in steady "
+             "state. reference = the seed study's loop (PIL transforms in a DataLoader, fp32); "
+             "plain = normbench's loop, fp32 eager; fast = normbench's loop with the speed "
+             "settings shown. From:", "", *[f"- {c}" for c in commands], "",
              "| model | px | reference train | plain train | fast train | fast / reference | "
              "fast eval | fast warm-up s | fast peak GPU MiB | fast settings |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -289,7 +291,8 @@ def main() -> None:
                    "images": args.images, "torch": torch.__version__,
                    "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
                    if device.type == "cuda" else None,
-                   "date": time.strftime("%Y-%m-%d")}
+                   "date": time.strftime("%Y-%m-%d"),
+                   "command": " ".join(["python bench/train_speed.py", *sys.argv[1:]])}
             with jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             rates[loop] = rate

@@ -66,6 +66,15 @@ def test_exp_show_is_grouped_by_setting_and_tables_hold_the_numbers():
     assert "not significantly different: " in text and "norm=none weights=scratch on resnet18" in text
 
 
+def test_commits_with_one_metrics_file_per_cell_are_read_too():
+    old = {"rev": "old", "name": "old", "data": {
+        "params": {"params.yaml": {"data": {"norm": "none", "weights": "scratch"}}},
+        "metrics": {"metrics/resnet18-digits-223.json": {"data": {"best_acc": 0.9}},
+                    "metrics/resnet18-shapes-223.json": {"data": {"error": "broken"}}}}}
+    (run,) = parse_exp_show([old])
+    assert run.cells == {("resnet18", "digits", 223): {"best_acc": 0.9}}
+
+
 def test_single_seed_pairs_use_mcnemar_and_different_seeds_no_test():
     base = pd.DataFrame({"rev": ["a"], "best_acc": [0.5]}, index=pd.Index([1], name="seed"))
     other = pd.DataFrame({"rev": ["b"], "best_acc": [0.7]}, index=pd.Index([1], name="seed"))

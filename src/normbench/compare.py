@@ -53,12 +53,14 @@ def _run_from(entry: dict) -> Run | None:
         return None
     run = Run(entry["rev"], entry.get("name") or entry["rev"][:7],
               f"norm={params['norm']} weights={params['weights']}")
-    # metrics.json: {cell: {best_acc, ...}}; a cell without best_acc (broken) is left out.
-    for metrics in (data.get("metrics") or {}).values():
-        for cell, values in (metrics.get("data") or {}).items():
-            if isinstance(values, dict) and "best_acc" in values:
+    for path, metrics in (data.get("metrics") or {}).items():
+        values = metrics.get("data") or {}
+        # metrics.json holds {cell: {best_acc, ...}}; older commits have one metrics/<cell>.json.
+        per_cell = {Path(path).stem: values} if "best_acc" in values else values
+        for cell, cell_metrics in per_cell.items():
+            if isinstance(cell_metrics, dict) and "best_acc" in cell_metrics:  # else broken
                 model, dataset, seed = cell.rsplit("-", 2)
-                run.cells[(model, dataset, int(seed))] = values
+                run.cells[(model, dataset, int(seed))] = cell_metrics
     return run
 
 
