@@ -36,11 +36,12 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from normbench.arrays import Arrays, Split  # noqa: E402
 from normbench.config import SpeedConfig, TrainConfig, resolve_device  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS, ChannelStats  # noqa: E402
-from normbench.train import (DeviceSplit, Runner, batches_per_epoch, evaluate,  # noqa: E402
-                             make_optimizer, train_epoch)
+from normbench.train import (Runner, batches_per_epoch, evaluate,  # noqa: E402
+                             make_optimizer, to_device, train_epoch)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STATS = ChannelStats((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10-like, in [0, 1] units
@@ -82,10 +83,14 @@ def timed(epoch: Callable[[], None], images: int, seconds: float,
     return rate, max(first - images / rate, 0.0)
 
 
-def synthetic(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    return images, rng.integers(0, CLASSES, n).astype(np.int64)
+def synthetic(n_train: int, n_test: int, size: int) -> Arrays:
+    """Random uint8 images and labels in the project's array format (N x size x size x 3)."""
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        return Split(images, rng.integers(0, CLASSES, n).astype(np.int64))
+    return Arrays(split(n_train), split(n_test), [str(c) for c in range(CLASSES)])
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -101,26 +106,27 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def reference_rate(model_name: str, train: tuple, test: tuple, size: int, args,
-                   device: torch.device) -> Rate:
+def reference_rate(model_name: str, data: Arrays, args, device: torch.device) -> Rate:
     """The seed-style loop: DataLoader workers + PIL transforms, fp32 eager, Adam."""
     torch.manual_seed(0)
     model = build_model(model_name, CLASSES).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     normalize = transforms.Normalize(STATS.mean, STATS.std)
+    size = data.train.images.shape[1]
     augment = transforms.Compose([transforms.RandomCrop(size, padding=4),
                                   transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                   normalize])
     plain = transforms.Compose([transforms.ToTensor(), normalize])
 
-    def loader(data: tuple, transform, batch: int, shuffle: bool):
+    def loader(split: Split, transform, batch: int, shuffle: bool):
         return torch.utils.data.DataLoader(
-            SeedStyleDataset(*data, transform), batch_size=batch, shuffle=shuffle,
+            SeedStyleDataset(split.images, split.labels, transform), batch_size=batch,
+            shuffle=shuffle,
             num_workers=args.workers, pin_memory=device.type == "cuda",
             persistent_workers=args.workers > 0)
 
-    train_loader = loader(train, augment, args.batch, True)
-    test_loader = loader(test, plain, 256, False)  # the seed study's test_batch_size
+    train_loader = loader(data.train, augment, args.batch, True)
+    test_loader = loader(data.test, plain, 256, False)  # the seed study's test_batch_size
 
     def train_pass() -> None:
         model.train()
@@ -137,12 +143,12 @@ def reference_rate(model_name: str, train: tuple, test: tuple, size: int, args,
         for x, y in test_loader:
             model(x.to(device, non_blocking=True)).argmax(1)
 
-    train_rate, warmup = timed(train_pass, len(train[1]), args.seconds, device)
-    eval_rate, eval_warmup = timed(eval_pass, len(test[1]), args.seconds / 2, device)
+    train_rate, warmup = timed(train_pass, len(data.train.labels), args.seconds, device)
+    eval_rate, eval_warmup = timed(eval_pass, len(data.test.labels), args.seconds / 2, device)
     return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
 
-def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig, args,
+def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
                  device: torch.device) -> Rate:
     """normbench's own train_epoch and evaluate, as the train stage runs them."""
     torch.manual_seed(0)
@@ -151,12 +157,8 @@ def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig,
     cfg = TrainConfig(epochs=1, batch_size=args.batch, eval_batch_size=1024, lr=1e-3,
                       weight_decay=0.0, optimizer="adam", scheduler="none", pad=4, flip=True)
 
-    def on_device(data: tuple) -> DeviceSplit:
-        images = torch.from_numpy(data[0]).permute(0, 3, 1, 2).contiguous()
-        return DeviceSplit(images.to(device), torch.from_numpy(data[1]).to(device))
-
-    train_split, test_split = on_device(train), on_device(test)
-    bounds = batches_per_epoch(len(train[1]), args.batch)
+    train_split, test_split = to_device(data, device)
+    bounds = batches_per_epoch(len(train_split.labels), args.batch)
     opt, sched = make_optimizer(model, cfg, len(bounds), device)
     normalize = lambda x: NORMALIZATIONS["dataset"](x, STATS)  # noqa: E731
     gen = torch.Generator(device=device).manual_seed(0)
@@ -165,10 +167,10 @@ def project_rate(model_name: str, train: tuple, test: tuple, speed: SpeedConfig,
         loss_sum, _ = train_epoch(runner, opt, sched, train_split, bounds, normalize, cfg, gen)
         loss_sum.item()  # the stage reads the epoch's loss once, too
 
-    train_rate, warmup = timed(train_pass, len(train[1]), args.seconds, device)
+    train_rate, warmup = timed(train_pass, len(train_split.labels), args.seconds, device)
     eval_rate, eval_warmup = timed(
-        lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size), len(test[1]),
-        args.seconds / 2, device)
+        lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size),
+        len(test_split.labels), args.seconds / 2, device)
     return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
 
@@ -268,7 +270,7 @@ def main() -> None:
     name = device_name(device)
     jsonl = args.results / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".jsonl")
     args.results.mkdir(parents=True, exist_ok=True)
-    train, test = synthetic(args.images, args.size, 0), synthetic(args.test_images, args.size, 1)
+    data = synthetic(args.images, args.test_images, args.size)
     print(f"{name}: {args.images} train / {args.test_images} test images of {args.size} px, "
           f"batch {args.batch}; fast = amp {speed.amp}, compile {speed.compile}", flush=True)
     plain_speed = SpeedConfig("none", "none", False)
@@ -280,10 +282,10 @@ def main() -> None:
             if loop == "fast" and speed.compile != "none":
                 torch._dynamo.reset()  # each model compiles afresh, within the recompile limit
             if loop == "reference":
-                rate = reference_rate(model, train, test, args.size, args, device)
+                rate = reference_rate(model, data, args, device)
             else:
-                rate = project_rate(model, train, test, speed if loop == "fast" else plain_speed,
-                                    args, device)
+                rate = project_rate(model, data, speed if loop == "fast" else plain_speed, args,
+                                    device)
             used = speed if loop == "fast" else plain_speed
             row = {"device": name, "model": model, "size": args.size, "loop": loop,
                    "train_img_s": rate.train, "eval_img_s": rate.eval, "warmup_s": rate.warmup_s,
