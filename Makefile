@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Stage commands say `python`; this makes it the virtual environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test weights compare clean-venv
+.PHONY: setup system-packages repro test weights compare clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,7 +16,22 @@ setup: $(STAMP)
 repro: setup
 	dvc repro
 
-test: setup
+# Debian packages the tests drive for real: a headless browser (the HTML pages) and a one-node
+# Slurm (the cluster launcher). Installed when missing and apt-get can be used (root); otherwise
+# the command is printed, and the tests that need them fail naming it.
+DEBIAN_PACKAGES := chromium slurmd slurmctld munge
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "missing Debian packages; run: sudo apt-get install" $$missing; \
+	fi
+
+test: setup system-packages
 	python -m pytest -q
 
 # ImageNet weights of the configured models into $$TORCH_HOME, for machines that go offline later.

@@ -105,3 +105,12 @@ def tiny_project(repo: Path) -> None:
 def git_user(repo: Path) -> None:
     sh(repo, "git", "config", "user.email", "test@example.com")
     sh(repo, "git", "config", "user.name", "test")
+
+
+def require_program(name: str) -> str:
+    """The path of a system program a test drives for real; a clear failure if it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; run `make system-packages` (as root) or "
+                    "`sudo apt-get install chromium slurmd slurmctld munge`", pytrace=False)
+    return path
