@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from normbench.compare import (cell_table, compare_pair, mcnemar, parse_exp_show, tables,
-                               verdicts, welch, write)
+from normbench.compare import compare_pair, mcnemar, tables, verdicts, welch, write
+from normbench.runs import parse_exp_show, select
 
 
 def test_welch_matches_scipy():
@@ -22,10 +22,13 @@ def test_mcnemar_on_a_constructed_contingency_table():
     assert mcnemar(b, a) == pytest.approx(p) and mcnemar(a, a) == 1.0
 
 
+PARAMS = {"weights": "scratch", "train": {"epochs": 8}}
+
+
 def exp_entry(rev, name, norm, cells):
     """One revision as `dvc exp show --json` writes it."""
     return {"rev": rev, "name": name, "data": {
-        "params": {"params.yaml": {"data": {"norm": norm, "weights": "scratch"}}},
+        "params": {"params.yaml": {"data": {**PARAMS, "norm": norm}}},
         "metrics": {"metrics.json": {"data": {c: {"best_acc": acc} for c, acc in cells.items()}}}}}
 
 
@@ -46,7 +49,7 @@ SHOW = [
 def test_exp_show_is_grouped_by_setting_and_tables_hold_the_numbers():
     runs = parse_exp_show(SHOW)
     assert [r.name for r in runs] == ["main", "e1", "e2"]
-    cells = cell_table(runs)
+    cells = select(runs, PARAMS).cells
     base = "norm=dataset weights=scratch"
     result = tables(cells, base, pair_loader=lambda m, d: lambda *a: None)
     t2 = result["table2"]
@@ -88,8 +91,9 @@ def test_single_seed_pairs_use_mcnemar_and_different_seeds_no_test():
 def test_write_makes_markdown_and_html_with_colours(tmp_path):
     runs = parse_exp_show(SHOW)
     base = "norm=dataset weights=scratch"
-    result = tables(cell_table(runs), base, pair_loader=lambda m, d: lambda *a: None)
-    write(tmp_path, base, runs, result, None, None)
+    selection = select(runs, PARAMS)
+    result = tables(selection.cells, base, pair_loader=lambda m, d: lambda *a: None)
+    write(tmp_path, base, runs, selection, result, None, None)
     md = (tmp_path / "README.md").read_text()
     page = (tmp_path / "index.html").read_text()
     assert "$\\textcolor{red}{" in md and "<span style='color:red'>" in page

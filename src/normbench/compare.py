@@ -1,7 +1,8 @@
 """Compare settings across DVC experiments: the seed study's tables, with error bars and tests.
 
 Reads every commit and experiment of the repository with ``dvc exp show --json --all-commits``,
-groups the cells by setting (norm, weights), and writes Table 1 (dataset statistics after each
+keeps the runs whose other params match the workspace's (or ``--like <run>``'s, see runs.py),
+groups their cells by setting (norm, weights), and writes Table 1 (dataset statistics after each
 setting), Table 2 (a baseline setting against every other, deltas coloured), Table 3 (every
 setting side by side, best in bold) and Figure 1 (test accuracy per epoch, one line per setting
 and a band over seeds), as markdown and as a static HTML page.
@@ -16,10 +17,8 @@ import argparse
 import base64
 import html
 import io
-import json
 import re
-import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -32,67 +31,9 @@ from normbench.io import read_json, run_main
 from normbench.registry import ConfigError
 from normbench.grid import cell_name
 from normbench.report import mean_pm_std, png_bytes, stats_table
+from normbench.runs import Run, Selection, exp_show, parse_exp_show, reference_params, select
 
 ALPHA = 0.05  # significance level of every test
-
-
-@dataclass
-class Run:
-    """One experiment or commit: its setting, and the metrics of each of its cells."""
-
-    rev: str
-    name: str
-    setting: str  # "norm=<norm> weights=<weights>"
-    cells: dict[tuple[str, str, int], dict] = field(default_factory=dict)  # (model, dataset, seed)
-
-
-def _run_from(entry: dict) -> Run | None:
-    data = entry.get("data") or {}
-    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-    if not params:
-        return None
-    run = Run(entry["rev"], entry.get("name") or entry["rev"][:7],
-              f"norm={params['norm']} weights={params['weights']}")
-    for path, metrics in (data.get("metrics") or {}).items():
-        values = metrics.get("data") or {}
-        # metrics.json holds {cell: {best_acc, ...}}; older commits have one metrics/<cell>.json.
-        per_cell = {Path(path).stem: values} if "best_acc" in values else values
-        for cell, cell_metrics in per_cell.items():
-            if isinstance(cell_metrics, dict) and "best_acc" in cell_metrics:  # else broken
-                model, dataset, seed = cell.rsplit("-", 2)
-                run.cells[(model, dataset, int(seed))] = cell_metrics
-    return run
-
-
-def parse_exp_show(entries: list[dict]) -> list[Run]:
-    """Commits and their experiments from ``dvc exp show --json`` (the workspace is skipped)."""
-    runs = []
-    for entry in entries:
-        if entry.get("rev") == "workspace":
-            continue
-        runs.append(_run_from(entry))
-        for exp in entry.get("experiments") or []:
-            runs.extend(_run_from(rev) for rev in exp.get("revs") or [])
-    return [r for r in runs if r is not None and r.cells]
-
-
-def collect_runs(repo: Path) -> list[Run]:
-    proc = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], cwd=repo,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
-    return parse_exp_show(json.loads(proc.stdout))
-
-
-def cell_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per (setting, model, dataset, seed); a cell seen in several runs counts once."""
-    rows = {}
-    for run in runs:
-        for (model, dataset, seed), metrics in run.cells.items():
-            rows.setdefault((run.setting, model, dataset, seed),
-                            {"rev": run.rev, "best_acc": metrics.get("best_acc")})
-    index = pd.MultiIndex.from_tuples(list(rows), names=["setting", "model", "dataset", "seed"])
-    return pd.DataFrame(list(rows.values()), index=index).sort_index()
 
 
 def welch(a: np.ndarray, b: np.ndarray) -> float:
@@ -222,20 +163,21 @@ def verdicts(tests: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
-def histories(runs: list[Run], repo: Path) -> pd.DataFrame:
-    """Every run's report/history.csv (git-tracked), one row per setting, cell and epoch."""
+def histories(runs: list[Run], cells: pd.DataFrame, repo: Path) -> pd.DataFrame:
+    """The selected cells' curves, from each run's report/history.csv (git-tracked)."""
     import dvc.api
 
-    frames, seen = [], set()
+    wanted = {(rev, cell_name(m, d, seed)) for (_, m, d, seed), rev in cells.rev.items()}
+    frames = []
     for run in runs:
+        if not any(rev == run.rev for rev, _ in wanted):
+            continue
         try:
             text = dvc.api.read("report/history.csv", repo=str(repo), rev=run.rev)
         except Exception:  # a run without a report: no curves to draw
             continue
         h = pd.read_csv(io.StringIO(text)).assign(setting=run.setting)
-        h = h[[(run.setting, c) not in seen for c in h.cell]]
-        seen.update((run.setting, c) for c in h.cell.unique())
-        frames.append(h)
+        frames.append(h[[(run.rev, c) in wanted for c in h.cell]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -279,14 +221,34 @@ def _table(df: pd.DataFrame, html_out: bool) -> str:
     return df.to_markdown(disable_numparse=True, index=False)
 
 
-def write(out: Path, baseline: str, runs: list[Run], result: dict, stats: pd.DataFrame | None,
-          fig: bytes | None) -> None:
+def held_fixed(selection: Selection) -> pd.DataFrame:
+    """The params every compared cell shares: one column per dataset (its data.<name> block)."""
+    table = pd.DataFrame(selection.fixed)
+    table = table.map(lambda v: "" if isinstance(v, float) and v != v else str(v))
+    return table.rename_axis("param").reset_index()
+
+
+def write(out: Path, baseline: str, runs: list[Run], selection: Selection, result: dict,
+          stats: pd.DataFrame | None, fig: bytes | None) -> None:
     """compare/README.md, compare/index.html (figure embedded) and compare/figure1.png."""
     out.mkdir(parents=True, exist_ok=True)
     lines = verdicts(result["tests"], baseline)
-    settings = sorted({r.setting for r in runs})
+    settings = sorted(selection.cells.index.unique("setting"))
+    used = sorted(set(selection.cells.run))
+    left = ("\n\n".join(["Left out, because a param that changes what a cell learns differs:",
+                          *selection.left_out]) if selection.left_out else "None left out.")
     sections = [
-        ("Runs", f"{len(runs)} commits and experiments; settings: " + "; ".join(settings), None),
+        ("Runs", f"{len(used)} of {len(runs)} commits and experiments compared: "
+         f"{', '.join(used)}. Settings: " + "; ".join(settings) + ".", None),
+        ("Held fixed", "Every compared cell was trained with these params; only the setting "
+         "(norm, weights) and the seed vary. " + left, held_fixed(selection)),
+    ]
+    if not selection.conflicts.empty:
+        sections.append(("Conflicting results",
+                         "The same cell, trained with the same params, gave different results "
+                         "in two runs: the code or the machine changed between them. The newer "
+                         "result is used.", selection.conflicts))
+    sections += [
         ("What differs", "\n\n".join(lines), None),
         (f"Table 2: best test accuracy (%), {baseline} against each setting",
          "Mean ± std over seeds; the delta to the baseline in green (better) or red (worse); "
@@ -327,24 +289,41 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Compare settings across DVC experiments.")
     ap.add_argument("--baseline", default="norm=dataset weights=scratch",
                     help="the setting Table 2 compares against, as 'norm=<n> weights=<w>'")
+    ap.add_argument("--like", default=None,
+                    help="compare runs whose params match this run's (a name or revision; "
+                         "default: the workspace's params)")
+    ap.add_argument("--runs", nargs="*", default=None,
+                    help="only these runs (names or revisions); default: every one")
     ap.add_argument("--out", default="compare", help="output folder")
     ap.add_argument("--repo", default=".", help="the repository")
     args = ap.parse_args(argv)
     repo = Path(args.repo)
-    runs = collect_runs(repo)
+    entries = exp_show(repo)
+    runs = parse_exp_show(entries)
+    if args.runs is not None:
+        runs = [r for r in runs if r.name in args.runs or r.rev in args.runs]
     if not runs:
         raise ConfigError("no commits or experiments with metrics; run `dvc exp run` first")
-    cells = cell_table(runs)
+    like, reference = reference_params(entries, args.like)
+    selection = select(runs, reference)
+    if selection.cells.empty:
+        raise ConfigError(f"no run has the params of {like}; left out: "
+                          + " | ".join(selection.left_out) + ". Use --like <run> to compare "
+                          "runs like another one")
+    cells = selection.cells
     if args.baseline not in cells.index.unique("setting"):
         raise ConfigError(f"baseline {args.baseline!r} has no runs; valid choices: "
                          f"{', '.join(cells.index.unique('setting'))}")
     result = tables(cells, args.baseline, prediction_loader(repo))
     stats_dir = repo / "data" / "stats"
     stats = {p.stem: read_json(p, "statistics", "") for p in sorted(stats_dir.glob("*.json"))}
-    history = histories(runs, repo)
-    write(Path(args.out), args.baseline, runs, result, stats_table(stats) if stats else None,
+    history = histories(runs, cells, repo)
+    write(Path(args.out), args.baseline, runs, selection, result,
+          stats_table(stats) if stats else None,
           figure1(history) if not history.empty else None)
-    print(f"compare -> {args.out}/index.html and {args.out}/README.md")
+    print(f"compare -> {args.out}/index.html and {args.out}/README.md "
+          f"({len(selection.left_out)} run/dataset pair(s) left out, "
+          f"{len(selection.conflicts)} conflicting cell(s))")
 
 
 if __name__ == "__main__":

@@ -41,12 +41,27 @@ def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Metrics averaged over seeds per model x dataset in metrics.json, so that `dvc metrics diff`
+# prints the change that matters (e.g. resnet18-digits.best_acc_mean), not only per-seed cells.
+MEAN_KEYS = ("best_acc", "final_acc", "drift_first_conv", "drift_deep_conv")
+
+
 def metrics_summary(metrics: pd.DataFrame) -> dict[str, dict]:
-    """{cell: its metrics} for metrics.json; keys a cell lacks (peak_gpu_mib on a CPU) left out."""
+    """{cell: its metrics, "<model>-<dataset>": means over seeds} for metrics.json.
+
+    Keys a cell lacks (peak_gpu_mib on a CPU) are left out; a std needs two seeds.
+    """
     summary = {}
     for row in metrics.to_dict("records"):
         cell = cell_name(row.pop("model"), row.pop("dataset"), row.pop("seed"))
         summary[cell] = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+    for (model, dataset), group in metrics.groupby(["model", "dataset"], sort=False):
+        means: dict[str, float | int] = {"n_seeds": len(group)}
+        for key in (k for k in MEAN_KEYS if k in group):
+            means[f"{key}_mean"] = float(group[key].mean())
+            if len(group) > 1:
+                means[f"{key}_std"] = float(group[key].std(ddof=1))
+        summary[f"{model}-{dataset}"] = means
     return summary
 
 

@@ -8,8 +8,29 @@ machine; ``slurm``: one job each on a cluster), and ``compare`` reads them back 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from normbench.config import SpeedConfig, TrainConfig, load_params, require
+from normbench.grid import Grid, cell_name
+from normbench.io import run_main
+from normbench.models import WEIGHTS
+from normbench.normalizations import NORMALIZATIONS
+from normbench.registry import ConfigError
+from normbench.runs import exp_show
+
+EXECUTORS = ("local", "slurm")  # DVC's queue on this machine | one Slurm job per experiment
+COMPARE_DIR = "compare"
 
 
 @dataclass(frozen=True)
@@ -53,3 +74,241 @@ def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str
                 exps.append(Experiment(n, w, group,
                                        (f"norm={n}", f"weights={w}", seeds_arg, *extra)))
     return exps
+
+
+# --- which experiments are done ------------------------------------------------------------
+
+def _finished(rev: dict) -> bool:
+    """Whether an experiment's metrics.json holds every cell its params ask for."""
+    data = rev.get("data") or {}
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+    metrics = (((data.get("metrics") or {}).get("metrics.json") or {}).get("data")) or {}
+    if not params:
+        return False
+    try:
+        cells = Grid.from_params(params).cells()
+    except ConfigError:
+        return False
+    return all("best_acc" in (metrics.get(cell_name(*c)) or {}) for c in cells)
+
+
+def completed(repo: Path) -> set[str]:
+    """Names of the experiments of HEAD that finished every cell."""
+    names = set()
+    for entry in exp_show(repo, all_commits=False):
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                if rev.get("name") and _finished(rev):
+                    names.add(rev["name"])
+    return names
+
+
+# --- progress -------------------------------------------------------------------------------
+
+_STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
+_EPOCHS = re.compile(r"^\S+: norm=\S+ weights=.* epochs=(\d+)", re.M)
+_EPOCH = re.compile(r"^\s+epoch\s+(\d+)\s+test_acc", re.M)
+
+
+def progress(log: str) -> str:
+    """Where an experiment's log says it is, e.g. ``train@resnet18-digits-1 epoch 3/8``."""
+    stages = list(_STAGE.finditer(log))
+    if not stages:
+        return "starting"
+    last = stages[-1]
+    if last.group(2):
+        return f"{last.group(2)} restored from the run-cache"
+    stage = last.group(1)
+    tail = log[last.end():]
+    epochs, epoch = _EPOCHS.search(tail), list(_EPOCH.finditer(tail))
+    if not stage.startswith("train@") or not epochs:
+        return stage
+    return f"{stage} epoch {epoch[-1].group(1) if epoch else 0}/{epochs.group(1)}"
+
+
+# --- the local executor: DVC's queue ----------------------------------------------------------
+
+class Task(NamedTuple):
+    name: str
+    status: str  # Queued | Running | Success | Failed (DVC's queue states)
+    log: Path | None  # the experiment's output, once it has started
+
+
+def queue_tasks(repo: Path) -> dict[str, Task]:
+    """The newest queue task of every experiment name, from DVC's queue."""
+    from dvc.repo import Repo  # heavy: only the local executor needs it
+
+    tasks: dict[str, Task] = {}
+    with Repo(str(repo)) as dvc_repo:
+        queue = dvc_repo.experiments.celery_queue
+        for entry in sorted(queue.status(), key=lambda e: e["timestamp"]):
+            try:
+                log = Path(queue.proc[entry["rev"]].stdout)
+            except KeyError:  # not started yet
+                log = None
+            tasks[entry["name"]] = Task(entry["name"], entry["status"], log)
+    return tasks
+
+
+def dvc(repo: Path, *args: str, env: dict | None = None) -> None:
+    proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
+
+
+def run_local(repo: Path, experiments: list[Experiment], jobs: int,
+              poll_s: float = 2.0) -> dict[str, str]:
+    """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
+
+    Experiments still queued or running from an interrupted study are waited for, not queued
+    twice. Ctrl-C stops this study's running experiments and unqueues the rest; cells that
+    finished stay in DVC's run-cache, so the next run restores them instead of training.
+    """
+    names = [e.name for e in experiments]
+    active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
+    for exp in experiments:
+        if exp.name not in active:
+            dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
+    # Each worker trains on its own share of the CPU cores (torch would take them all).
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # No pipes: the workers it starts would hold them open, and this call would wait for them.
+    started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started.returncode != 0:
+        raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
+    shown: dict[str, str] = {}
+    try:
+        while True:
+            tasks = queue_tasks(repo)
+            mine = {n: tasks[n] for n in names if n in tasks}
+            for name, task in mine.items():
+                state = task.status
+                if task.status == "Running" and task.log and task.log.is_file():
+                    state = f"running: {progress(task.log.read_text(errors='replace'))}"
+                if shown.get(name) != state:
+                    shown[name] = state
+                    print(f"  {name}: {state}", flush=True)
+            if all(t.status in ("Success", "Failed") for t in mine.values()):
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        stop_local(repo, names)
+        raise
+    return {n: "done" if t.status == "Success" else f"failed: {t.log or 'dvc queue logs ' + n}"
+            for n, t in mine.items()}
+
+
+def stop_local(repo: Path, names: list[str]) -> None:
+    """Ctrl-C: stop this study's running experiments and take its queued ones off the queue."""
+    tasks = queue_tasks(repo)
+    running = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Running"]
+    queued = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Queued"]
+    if running:
+        subprocess.run(["dvc", "queue", "kill", *running], cwd=repo)
+    if queued:
+        subprocess.run(["dvc", "queue", "remove", *queued], cwd=repo)
+    print("study interrupted: finished cells are in DVC's run-cache; run the same command to "
+          "resume (only what is missing is trained)", file=sys.stderr)
+
+
+def default_jobs() -> int:
+    """Workers that fit this machine: two per GPU, else one per two CPU cores.
+
+    On a CPU a cell's torch already uses every core it is given, so more workers mostly share
+    the same cores; on a GPU a 32 px cell leaves it idle between kernel launches.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return 2 * torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def apply_sets(params: dict, sets: list[str]) -> dict:
+    """``key.sub=value`` overrides, the value read as YAML, as `dvc exp run -S` does."""
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r} must look like key=value, e.g. train.epochs=1")
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return params
+
+
+def check_study(repo: Path, experiments: list[Experiment]) -> None:
+    """Every experiment's params are valid before anything is queued or submitted."""
+    for exp in experiments:
+        params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
+        Grid.from_params(params)
+        TrainConfig.from_params(require(params, "train"))
+        SpeedConfig.from_params(require(params, "speed"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Run every setting with several seeds, then "
+                                 "compare them (make study).")
+    ap.add_argument("--norms", nargs="+", default=list(NORMALIZATIONS))
+    ap.add_argument("--weights", nargs="+", default=["scratch"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="further params for every experiment, e.g. train.epochs=1")
+    ap.add_argument("--jobs", default="auto", help="experiments at once (local executor)")
+    ap.add_argument("--executor", default="local", help=f"one of: {', '.join(EXECUTORS)}")
+    ap.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="Slurm options for --executor slurm, e.g. slurm_partition=gpu")
+    ap.add_argument("--repo", default=".")
+    args = ap.parse_args(argv)
+    repo = Path(args.repo)
+    for name in args.norms:
+        NORMALIZATIONS.check(name)
+    for name in args.weights:
+        WEIGHTS.check(name)
+    if args.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {args.executor!r}; valid choices: "
+                          f"{', '.join(EXECUTORS)}")
+    if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) > 0):
+        raise ConfigError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
+    experiments = plan(args.norms, args.weights, args.seeds, args.set)
+    check_study(repo, experiments)
+    done = completed(repo)
+    todo = [e for e in experiments if e.name not in done]
+    jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
+    print(f"study: {len(experiments)} experiments ({len(args.norms)} norms x "
+          f"{len(args.weights)} weights), seeds {' '.join(map(str, args.seeds))}; "
+          f"{len(experiments) - len(todo)} already done, {len(todo)} to run "
+          f"({args.executor}{f', {jobs} at once' if args.executor == 'local' else ''})",
+          flush=True)
+    outcomes = {}
+    try:
+        if todo and args.executor == "local":
+            outcomes = run_local(repo, todo, jobs)
+        elif todo:
+            from normbench.cluster import run_on_slurm
+
+            outcomes = run_on_slurm(repo, todo, dict(o.split("=", 1) for o in args.slurm))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # the executor has stopped its jobs and said how to resume
+    failed = {n: o for n, o in outcomes.items() if o != "done"}
+    finished = [e for e in experiments if e.name not in failed]
+    if finished:
+        from normbench import compare
+
+        compare.main(["--repo", str(repo), "--out", str(repo / COMPARE_DIR),
+                      "--like", finished[0].name, "--baseline", finished[0].setting,
+                      "--runs", *(e.name for e in finished)])
+        print(f"study: open {repo / COMPARE_DIR / 'index.html'}")
+    for name, outcome in failed.items():
+        print(f"study: experiment {name} {outcome}", file=sys.stderr)
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(experiments)} experiments failed (logs "
+                          "above); run the same command again to retry only those")
+
+
+if __name__ == "__main__":
+    run_main(main)

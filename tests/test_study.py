@@ -1,0 +1,51 @@
+"""make study: the plan, what is already done, progress lines, bad input."""
+
+import pytest
+
+from normbench.study import apply_sets, main, plan, progress
+
+
+def test_plan_names_say_what_an_experiment_runs():
+    exps = plan(["dataset", "minmax"], ["scratch"], [1, 2], ["train.epochs=1"])
+    assert [e.setting for e in exps] == ["norm=dataset weights=scratch",
+                                         "norm=minmax weights=scratch"]
+    assert exps[0].set_args() == ["-S", "norm=dataset", "-S", "weights=scratch",
+                                  "-S", "seeds=[1,2]", "-S", "train.epochs=1"]
+    again = plan(["dataset"], ["scratch"], [1, 2], ["train.epochs=1"])[0]
+    assert again.name == exps[0].name and again.name.startswith("dataset-scratch-")
+    assert plan(["dataset"], ["scratch"], [1, 2, 3], ["train.epochs=1"])[0].name != again.name
+    split = plan(["dataset"], ["scratch", "imagenet"], [1, 2], split_seeds=True)
+    assert [(e.weights, e.seeds) for e in split] == [("scratch", (1,)), ("scratch", (2,)),
+                                                     ("imagenet", (1,)), ("imagenet", (2,))]
+
+
+LOG = """Reproducing experiment 'x'
+Running stage 'download@shapes':
+Stage 'train@resnet18-shapes-1' is cached - skipping run, checking out outputs
+Running stage 'train@resnet18-shapes-2':
+> python stages/train.py --model resnet18
+resnet18-shapes-2: norm=minmax weights=scratch device=cpu epochs=8 amp=none compile=none
+  epoch   0  test_acc 0.1000  test_loss 1.7968
+  epoch   1  test_acc 0.1000  test_loss 1.7967
+"""
+
+
+def test_progress_names_the_cell_and_epoch():
+    assert progress("") == "starting"
+    assert progress(LOG) == "train@resnet18-shapes-2 epoch 1/8"
+    assert progress(LOG.split("Running stage 'train")[0]) == (
+        "train@resnet18-shapes-1 restored from the run-cache")
+    assert progress(LOG + "Running stage 'report':\n") == "report"
+
+
+def test_sets_are_read_as_yaml_and_bad_input_names_the_fix():
+    assert apply_sets({"train": {"epochs": 8}}, ["train.epochs=1", "seeds=[1, 2]"]) == {
+        "train": {"epochs": 1}, "seeds": [1, 2]}
+    with pytest.raises(ValueError, match="must look like key=value"):
+        apply_sets({}, ["train.epochs"])
+    with pytest.raises(ValueError, match="unknown norm 'zscore'; valid choices: dataset"):
+        main(["--norms", "zscore"])
+    with pytest.raises(ValueError, match="unknown executor 'pbs'; valid choices: local, slurm"):
+        main(["--executor", "pbs"])
+    with pytest.raises(ValueError, match="train.epochs must be >= 1"):
+        main(["--set", "train.epochs=0"])
