@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Stage commands say `python`; this makes it the virtual environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system-packages repro test weights compare clean-venv
+.PHONY: setup system-packages repro test weights compare study clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,6 +41,21 @@ weights: setup
 # Tables 1-3 and Figure 1 over all DVC experiments of this repository, into compare/.
 compare: setup
 	PYTHONPATH=src python -m normbench.compare
+
+# Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
+#   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5"
+#   SET="train.epochs=30" (further params for every experiment), JOBS=4 (experiments at once),
+#   EXECUTOR=slurm SLURM="slurm_partition=gpu gpus_per_node=1" (one Slurm job per experiment).
+NORMS ?= dataset imagenet instance minmax none
+WEIGHTS ?= scratch
+SEEDS ?= 1 2 3
+SET ?=
+JOBS ?= auto
+EXECUTOR ?= local
+SLURM ?=
+study: setup
+	PYTHONPATH=src python -m normbench.study --norms $(NORMS) --weights $(WEIGHTS) \
+		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM)
 
 clean-venv:
 	rm -rf $(VENV)
