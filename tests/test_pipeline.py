@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import sh, tiny_project
 
-from normbench.compare import parse_exp_show
+from normbench.runs import parse_exp_show
 
 CELL = "resnet18-shapes-223"
 pytestmark = pytest.mark.slow
@@ -72,7 +72,14 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     assert change["old"] == json.loads(baseline)["best_acc"]
     minmax = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
     assert change["new"] == minmax["best_acc"]
-    assert json.loads((repo / "metrics.json").read_text()) == {CELL: minmax}
+    summary = json.loads((repo / "metrics.json").read_text())
+    assert summary[CELL] == minmax  # and the mean over seeds, what a delta should be read on
+    assert summary["resnet18-shapes"] == {"n_seeds": 1, "best_acc_mean": minmax["best_acc"],
+                                          "final_acc_mean": minmax["final_acc"],
+                                          "drift_first_conv_mean": minmax["drift_first_conv"],
+                                          "drift_deep_conv_mean": minmax["drift_deep_conv"]}
+    mean = diff["metrics.json"]["resnet18-shapes.best_acc_mean"]
+    assert mean["old"] == change["old"] and mean["new"] == change["new"]
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
     assert "Running stage 'train@" not in out  # restored from the run-cache, not retrained
