@@ -177,3 +177,24 @@ def select(runs: list[Run], reference: dict) -> Selection:
     datasets = sorted({d for (_, _, d, _) in chosen})
     fixed = {d: learning_params(reference, d) for d in datasets}
     return Selection(cells, left_out, pd.DataFrame(conflicts), fixed)
+
+
+def read_cell_outputs(repo: Path, cells: pd.DataFrame, *paths: str) -> dict[tuple, list[bytes]]:
+    """Each selected cell's DVC-cached outputs at its run's revision, keyed like ``cells``.
+
+    ``paths`` are formatted with ``cell=<cell name>``, e.g. ``weightdist/{cell}/summary.json``.
+    A cell whose files are not in the local cache (an experiment pulled without its data) is
+    left out.
+    """
+    from dvc.repo import Repo  # heavy: only needed when outputs are read
+
+    found = {}
+    for rev, group in cells.groupby("rev"):
+        with Repo.open(str(repo), rev=rev) as dvc_repo:
+            for key in group.index:
+                cell = cell_name(*key[1:])
+                try:
+                    found[key] = [dvc_repo.dvcfs.read_bytes(p.format(cell=cell)) for p in paths]
+                except (FileNotFoundError, OSError):
+                    continue
+    return found
