@@ -1,0 +1,325 @@
+"""The weight figures and verdicts across settings (issue 12, part 2).
+
+Per model x dataset and watched layer (``weightdist.ROLES``), across settings
+("norm=<n> weights=<w>") and their seeds:
+
+- ``figures(records)``: one PNG per model x dataset, ``weights_<model>-<dataset>.png``. One row
+  per (weights kind, layer), so scratch and pretrained weights never share a panel; columns:
+  density (KDE) of the final weights, one curve per setting, seeds pooled, the initial weights as
+  a dashed black reference | violins of the final weights per setting, seeds pooled | std of the
+  weights per epoch | drift ||W_t - W_0|| / ||W_0|| (%) per epoch; the last two draw the mean over
+  seeds as a line and the min-max over seeds as a band. A setting has one colour in every panel.
+- ``verdicts(records, baseline)``: lines in words (markdown) per model x dataset x layer, and
+  the tests table behind them.
+
+Each setting is tested against a reference of the same weights kind: the baseline's norm with
+that setting's weights (``norm=dataset weights=imagenet`` for the imagenet settings when the
+baseline is ``norm=dataset weights=scratch``), since scratch and pretrained weights differ
+trivially. Two tests, both over seeds, each needing at least two seeds per setting:
+
+- Welch's t-test on the final drift of the whole tensor (exact, from ``summary.json``);
+- a permutation test on Wasserstein-1 distances between the final weight samples: statistic =
+  mean W1 over pairs of seeds from different settings minus mean W1 over pairs from the same
+  setting; p = share of relabelings of the seeds with a statistic >= the observed one (identity
+  included), exact up to ``EXACT_LIMIT`` relabelings, else ``RANDOM_PERMUTATIONS`` seeded draws.
+  The statistic does not change when the two groups swap labels, so with equal group sizes the
+  smallest possible p is 2 / C(2n, n): 0.1 for 3 + 3 seeds, which can never be below 0.05; the
+  verdict says so. (Scratch cells of one seed share their initial weights across settings, so
+  same-seed pairs are paired; the tests ignore the pairing, which is valid, only less powerful.)
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from math import comb
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.stats
+from matplotlib.ticker import MaxNLocator
+
+from normbench.report import ROLE_TITLES, mean_pm_std, png_bytes
+from normbench.weightdist import ROLES
+
+EXACT_LIMIT = 20_000  # relabelings enumerated exactly (C(14, 7) = 3432; C(20, 10) is not)
+RANDOM_PERMUTATIONS = 9_999  # seeded random relabelings beyond that
+ALPHA = 0.05  # as compare.ALPHA, which cannot be imported here: compare imports this module
+
+
+@dataclass(frozen=True)
+class WeightRecord:
+    """One cell's weight history, as ``weightdist.load`` returns it."""
+
+    setting: str  # "norm=<n> weights=<w>"
+    model: str
+    dataset: str
+    seed: int
+    summary: dict  # summary.json
+    samples: dict[str, np.ndarray]  # role -> epochs x values; row 0 initial, last row final
+
+
+def parse_setting(setting: str) -> dict[str, str]:
+    """"norm=minmax weights=scratch" -> {"norm": "minmax", "weights": "scratch"}."""
+    return dict(part.split("=", 1) for part in setting.split())
+
+
+def label(setting: str, settings: list[str]) -> str:
+    """The setting named compactly: "minmax" when all share the weights, else "minmax, scratch"."""
+    kinds = {parse_setting(s)["weights"] for s in settings}
+    p = parse_setting(setting)
+    return p["norm"] if len(kinds) == 1 else f"{p['norm']}, {p['weights']}"
+
+
+def reference_for(setting: str, baseline: str) -> str:
+    """The setting a setting is tested against: the baseline's norm, with the same weights."""
+    return f"norm={parse_setting(baseline)['norm']} weights={parse_setting(setting)['weights']}"
+
+
+def layer_name(record: WeightRecord, role: str) -> str:
+    return f"{ROLE_TITLES[role]} ({record.summary['layers'][role]['layer']})"
+
+
+def _by(records: list[WeightRecord], *keys: str) -> dict[tuple, list[WeightRecord]]:
+    """Records grouped by attributes, groups and members in sorted order."""
+    groups: dict[tuple, list[WeightRecord]] = {}
+    for r in sorted(records, key=lambda r: (r.setting, r.seed)):
+        groups.setdefault(tuple(getattr(r, k) for k in keys), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def per_epoch(records: list[WeightRecord], role: str, stat: str) -> pd.DataFrame:
+    """epoch x seed table of one summary number (e.g. "std", "drift") of one layer."""
+    return pd.DataFrame({r.seed: pd.Series({e["epoch"]: e[role][stat]
+                                            for e in r.summary["epochs"]})
+                         for r in records})
+
+
+def final_drift(records: list[WeightRecord], role: str) -> np.ndarray:
+    """Drift of the whole tensor after the last epoch, one value per seed (fraction)."""
+    return np.array([r.summary["epochs"][-1][role]["drift"] for r in records])
+
+
+# --- the permutation test -------------------------------------------------------------------
+
+def _statistic(dist: np.ndarray, in_a: np.ndarray) -> float:
+    """Mean W1 over cross-group pairs minus mean W1 over same-group pairs (``dist``: n x n)."""
+    upper = np.triu(np.ones_like(dist, dtype=bool), k=1)
+    same = upper & (in_a[:, None] == in_a[None, :])
+    return float(dist[upper & ~same].mean() - dist[same].mean())
+
+
+def min_permutation_p(n_a: int, n_b: int) -> float:
+    """Smallest p the exact test can give: the identity and, if n_a == n_b, its label swap."""
+    return (2 if n_a == n_b else 1) / comb(n_a + n_b, n_a)
+
+
+def permutation_p(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """p of "seeds of two settings are further apart than seeds of one setting" (W1 statistic).
+
+    ``a``, ``b``: one array of weight values per seed. Both need >= 2 seeds.
+    """
+    values = [*a, *b]
+    n = len(values)
+    dist = np.zeros((n, n))  # W1 between every two seeds, in weight units
+    for i, j in itertools.combinations(range(n), 2):
+        dist[i, j] = dist[j, i] = scipy.stats.wasserstein_distance(values[i], values[j])
+    observed = _statistic(dist, np.arange(n) < len(a))
+    if comb(n, len(a)) <= EXACT_LIMIT:
+        labelings = [np.isin(np.arange(n), chosen)
+                     for chosen in itertools.combinations(range(n), len(a))]
+    else:
+        rng = np.random.default_rng(0)
+        labelings = [np.arange(n) < len(a)]  # the identity counts
+        labelings += [rng.permutation(n) < len(a) for _ in range(RANDOM_PERMUTATIONS)]
+    stats = np.array([_statistic(dist, in_a) for in_a in labelings])
+    # A label swap gives the same statistic summed in another order: compare with a tolerance.
+    tol = 1e-9 * max(float(dist.max()), 1e-300)
+    return float(np.mean(stats >= observed - tol))
+
+
+def w1_means(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
+    """Mean W1 between the settings (cross pairs) and between seeds (same-setting pairs)."""
+    cross = [scipy.stats.wasserstein_distance(x, y) for x in a for y in b]
+    within = [scipy.stats.wasserstein_distance(x, y)
+              for group in (a, b) for x, y in itertools.combinations(group, 2)]
+    return float(np.mean(cross)), float(np.mean(within)) if within else float("nan")
+
+
+# --- verdicts -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerTest:
+    setting: str
+    reference: str
+    welch_p: float | None  # None: no test (fewer than 2 seeds, or no variance)
+    perm_p: float | None
+    perm_min_p: float | None  # the smallest p the permutation test could give here
+    n: tuple[int, int]  # seeds of the setting and of its reference
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
+    p = float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return None if np.isnan(p) else p  # nan: no variance in either group
+
+
+def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference: str,
+               role: str) -> LayerTest:
+    """Both tests of one setting against its reference, for one layer of one model x dataset."""
+    ours, ref = group[setting], group[reference]
+    n = (len(ours), len(ref))
+    if min(n) < 2:
+        return LayerTest(setting, reference, None, None, None, n)
+    finals = [[r.samples[role][-1] for r in rs] for rs in (ours, ref)]
+    return LayerTest(setting, reference,
+                     _welch(final_drift(ours, role), final_drift(ref, role)),
+                     permutation_p(*finals), min_permutation_p(*n), n)
+
+
+def _fmt_p(p: float | None) -> str:
+    return "no test" if p is None else f"{p:.3g}"
+
+
+def _describe(t: LayerTest, name: str) -> str:
+    if t.welch_p is None and t.perm_p is None:
+        return f"{name} (no test: {t.n[0]} and {t.n[1]} seeds)"
+    text = f"{name} (Welch p={_fmt_p(t.welch_p)} on the final drift, permutation p={_fmt_p(t.perm_p)}"
+    if t.perm_min_p is not None and t.perm_min_p >= ALPHA:
+        text += (f", the smallest possible with {t.n[0]} + {t.n[1]} seeds, so that test cannot "
+                 f"reach p < {ALPHA}" if t.perm_p == t.perm_min_p else
+                 f"; with {t.n[0]} + {t.n[1]} seeds it could not go below {t.perm_min_p:.3g}")
+    return text + ")"
+
+
+def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.DataFrame]:
+    """Per model x dataset x layer: which settings move the weights differently beyond seed.
+
+    Returns markdown lines (one per model x dataset x layer) and the tests table: model, dataset,
+    layer, setting, reference, seeds, final drift (%) mean ± std over seeds, Welch p, mean W1
+    between settings and between seeds (weight units), permutation p.
+    """
+    lines, rows = [], []
+    for (model, dataset), recs in _by(records, "model", "dataset").items():
+        group = {s: rs for (s,), rs in _by(recs, "setting").items()}
+        names = list(group)
+        for role in ROLES:
+            differ, same, untested = [], [], []
+            for setting in names:
+                reference = reference_for(setting, baseline)
+                row = {"model": model, "dataset": dataset,
+                       "layer": layer_name(group[setting][0], role), "setting": setting,
+                       "reference": reference, "seeds": len(group[setting]),
+                       "final drift (%)": mean_pm_std(pd.Series(final_drift(group[setting],
+                                                                              role)))}
+                if setting == reference or reference not in group:
+                    rows.append(row)  # the reference itself, or nothing to test against
+                    if setting != reference:
+                        untested.append(f"{label(setting, names)} (no {reference} runs)")
+                    continue
+                t = compare_layer(group, setting, reference, role)
+                between, within = (w1_means(*[[r.samples[role][-1] for r in group[s]]
+                                              for s in (setting, reference)])
+                                   if min(t.n) >= 2 else (None, None))
+                rows.append({**row, "Welch p": t.welch_p,
+                             "W1 between settings": between, "W1 between seeds": within,
+                             "permutation p": t.perm_p})
+                desc = _describe(t, label(setting, names))
+                if t.welch_p is None and t.perm_p is None:
+                    untested.append(desc)
+                elif min(p for p in (t.welch_p, t.perm_p) if p is not None) < ALPHA:
+                    differ.append(desc)
+                else:
+                    same.append(desc)
+            refs = sorted({reference_for(s, baseline) for s in names} & set(names))
+            lines.append(
+                f"**{model} on {dataset}, {layer_name(recs[0], role)}**, against "
+                f"{' / '.join(refs) or baseline}: moved the weights differently beyond what "
+                f"changing the seed does: {'; '.join(differ) or 'none'}. No difference beyond "
+                f"seed: {'; '.join(same) or 'none'}."
+                + (f" No test: {'; '.join(untested)}." if untested else ""))
+    table = pd.DataFrame(rows)
+    for col in ("Welch p", "W1 between settings", "W1 between seeds", "permutation p"):
+        if col in table:
+            table[col] = table[col].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.3g}")
+    return lines, table
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def _colours(records: list[WeightRecord]) -> dict[str, tuple]:
+    """One colour per setting, the same in every panel and figure of one call."""
+    settings = sorted({r.setting for r in records})
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i % 10) for i, s in enumerate(settings)}
+
+
+def _band(ax: plt.Axes, table: pd.DataFrame, colour, name: str, scale: float = 1.0) -> None:
+    """Mean over seeds as a line, min-max over seeds as a band (epoch x seed ``table``)."""
+    table = table * scale
+    ax.plot(table.index, table.mean(axis=1), color=colour, marker="o", ms=3, label=name)
+    if table.shape[1] > 1:
+        ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=colour,
+                        alpha=0.2, lw=0)
+
+
+def _row(axes, recs: list[WeightRecord], role: str, title: str, colours: dict[str, tuple]) -> None:
+    """One row of panels: KDE | violins | std per epoch | drift per epoch, for one layer."""
+    group = {s: rs for (s,), rs in _by(recs, "setting").items()}
+    names = list(group)
+    finals = {s: np.concatenate([r.samples[role][-1] for r in rs]) for s, rs in group.items()}
+    initial = np.concatenate([r.samples[role][0] for r in recs])
+    lo, hi = np.percentile(np.concatenate([initial, *finals.values()]), [0.5, 99.5])
+    grid = np.linspace(lo, hi, 200)  # weight values
+    kde, violin, std, drift = axes
+    kde.plot(grid, scipy.stats.gaussian_kde(initial)(grid), color="k", ls="--", lw=1.2,
+             label="initial (epoch 0)")
+    for s in names:
+        kde.plot(grid, scipy.stats.gaussian_kde(finals[s])(grid), color=colours[s], lw=1.3,
+                 label=label(s, names))
+    kde.set(title=f"{title}: final weights", xlabel="weight value", ylabel="density")
+    parts = violin.violinplot([finals[s] for s in names], showmedians=True)
+    for body, s in zip(parts["bodies"], names):
+        body.set_facecolor(colours[s])
+        body.set_alpha(0.6)
+    violin.set_xticks(range(1, len(names) + 1), [label(s, names) for s in names],
+                      rotation=20, fontsize=8)
+    violin.set(title=f"{title}: final weights", ylabel="weight value")
+    for s in names:
+        _band(std, per_epoch(group[s], role, "std"), colours[s], label(s, names))
+        _band(drift, per_epoch(group[s], role, "drift"), colours[s], label(s, names), 100.0)
+    std.set(title=f"{title}: spread", xlabel="epoch", ylabel="std of the weights")
+    drift.set(title=f"{title}: drift", xlabel="epoch", ylabel="drift ‖W−W0‖/‖W0‖ (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in (kde, std, drift):
+        ax.legend(fontsize=7)
+    for ax in (std, drift):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def figure(records: list[WeightRecord], colours: dict[str, tuple]) -> plt.Figure:
+    """All layers and weights kinds of one model x dataset (``records`` hold only that pair)."""
+    kinds: dict[str, list[WeightRecord]] = {}
+    for r in sorted(records, key=lambda r: parse_setting(r.setting)["weights"], reverse=True):
+        kinds.setdefault(parse_setting(r.setting)["weights"], []).append(r)  # scratch first
+    rows = [(kind, role) for kind in kinds for role in ROLES]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(19, 3.7 * len(rows)), squeeze=False,
+                             constrained_layout=True)
+    for ax_row, (kind, role) in zip(axes, rows):
+        recs = kinds[kind]
+        _row(ax_row, recs, role, f"{kind}, {layer_name(recs[0], role)}", colours)
+    seeds = sorted({r.seed for r in records})
+    fig.suptitle(f"{records[0].model} on {records[0].dataset}: weights of the watched layers "
+                 f"across settings (seeds {', '.join(map(str, seeds))})\n"
+                 "Densities and violins: the kept values of the final weights, seeds pooled. "
+                 "Std and drift: exact over the whole tensor; line = mean over seeds, "
+                 "band = min–max over seeds.")
+    return fig
+
+
+def figures(records: list[WeightRecord]) -> dict[str, bytes]:
+    """File name -> PNG, one figure per model x dataset: ``weights_<model>-<dataset>.png``."""
+    colours = _colours(records)
+    return {f"weights_{model}-{dataset}.png": png_bytes(figure(recs, colours))
+            for (model, dataset), recs in _by(records, "model", "dataset").items()}
