@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from normbench.compare import compare_pair, mcnemar, tables, verdicts, welch, write
+from normbench.compare import (WeightSection, compare_pair, mcnemar, tables, verdicts, welch,
+                               write)
 from normbench.runs import parse_exp_show, select
 
 
@@ -93,8 +94,13 @@ def test_write_makes_markdown_and_html_with_colours(tmp_path):
     base = "norm=dataset weights=scratch"
     selection = select(runs, PARAMS)
     result = tables(selection.cells, base, pair_loader=lambda m, d: lambda *a: None)
-    write(tmp_path, base, runs, selection, result, None, None)
+    weights = WeightSection(["**resnet18 on cifar10**: no difference"], pd.DataFrame(),
+                            {"weights_resnet18-cifar10.png": b"\x89PNG fake"})
+    write(tmp_path, base, runs, selection, result, None, None, weights)
     md = (tmp_path / "README.md").read_text()
     page = (tmp_path / "index.html").read_text()
     assert "$\\textcolor{red}{" in md and "<span style='color:red'>" in page
     assert "<b>91.00 ± 1.00</b>" in page and "<script" not in page
+    assert "<b>resnet18 on cifar10</b>: no difference" in page
+    assert (tmp_path / "weights_resnet18-cifar10.png").read_bytes() == b"\x89PNG fake"
+    assert "![Weights across settings: resnet18-cifar10](weights_resnet18-cifar10.png)" in md

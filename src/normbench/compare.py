@@ -17,6 +17,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,12 @@ from matplotlib.ticker import MaxNLocator
 
 from normbench.io import read_json, run_main
 from normbench.registry import ConfigError
+from normbench.weightdist import ROLES
 from normbench.grid import cell_name
 from normbench.report import mean_pm_std, png_bytes, stats_table
-from normbench.runs import Run, Selection, exp_show, parse_exp_show, reference_params, select
+from normbench.runs import (Run, Selection, exp_show, parse_exp_show, read_cell_outputs,
+                            reference_params, select)
+from normbench import weightcompare
 
 ALPHA = 0.05  # significance level of every test
 
@@ -228,9 +232,34 @@ def held_fixed(selection: Selection) -> pd.DataFrame:
     return table.rename_axis("param").reset_index()
 
 
+@dataclass(frozen=True)
+class WeightSection:
+    """The weight figures across settings and their verdicts (weightcompare)."""
+
+    lines: list[str]
+    tests: pd.DataFrame
+    figures: dict[str, bytes]  # file name -> PNG
+
+
+def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSection:
+    """Read every selected cell's weight snapshots and compare them across settings."""
+    records = []
+    outputs = read_cell_outputs(repo, cells, "weightdist/{cell}/summary.json",
+                                "weightdist/{cell}/samples.npz")
+    for (setting, model, dataset, seed), (summary, samples) in outputs.items():
+        with np.load(io.BytesIO(samples)) as z:
+            arrays = {role: z[f"{role}_samples"] for role in ROLES}
+        records.append(weightcompare.WeightRecord(setting, model, dataset, seed,
+                                                  json.loads(summary), arrays))
+    if not records:
+        return WeightSection(["No weight snapshots in the local DVC cache."], pd.DataFrame(), {})
+    lines, tests = weightcompare.verdicts(records, baseline)
+    return WeightSection(lines, tests, weightcompare.figures(records))
+
+
 def write(out: Path, baseline: str, runs: list[Run], selection: Selection, result: dict,
-          stats: pd.DataFrame | None, fig: bytes | None) -> None:
-    """compare/README.md, compare/index.html (figure embedded) and compare/figure1.png."""
+          stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection) -> None:
+    """compare/README.md, compare/index.html (figures embedded) and the figures as PNG."""
     out.mkdir(parents=True, exist_ok=True)
     lines = verdicts(result["tests"], baseline)
     settings = sorted(selection.cells.index.unique("setting"))
@@ -259,6 +288,12 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          result["table3"]),
         ("Tests", "", result["tests"]),
     ]
+    sections.append(("What normalization does to the weights",
+                     "Per watched layer: do the settings move the weights differently beyond what "
+                     "changing the seed does? Welch's t-test over seeds on the final drift "
+                     "||W - W0|| / ||W0||, and a permutation test of the Wasserstein-1 distance "
+                     "between settings' final weights against the same distance between seeds."
+                     "\n\n" + "\n\n".join(weights.lines), weights.tests))
     if stats is not None:
         sections.append(("Table 1: dataset statistics after each setting", "", stats))
     md = ["# normbench: settings compared", ""]
@@ -274,12 +309,15 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         if df is not None and not df.empty:
             md += [_table(df, False), ""]
             page.append(_table(df, True))
-    if fig is not None:
-        (out / "figure1.png").write_bytes(fig)
-        md += ["## Figure 1: test accuracy per epoch", "", "![Figure 1](figure1.png)", ""]
-        data = base64.b64encode(fig).decode()
-        page += ["<h2>Figure 1: test accuracy per epoch</h2>",
-                 f"<img alt='Figure 1' src='data:image/png;base64,{data}'>"]
+    figures = {"figure1.png": ("Figure 1: test accuracy per epoch", fig)} if fig else {}
+    figures.update({name: (f"Weights across settings: {name[8:-4]}", png)
+                    for name, png in weights.figures.items()})
+    for name, (title, png) in figures.items():
+        (out / name).write_bytes(png)
+        md += [f"## {title}", "", f"![{title}]({name})", ""]
+        data = base64.b64encode(png).decode()
+        page += [f"<h2>{html.escape(title)}</h2>",
+                 f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"]
     page.append("</body></html>")
     (out / "README.md").write_text("\n".join(md))
     (out / "index.html").write_text("\n".join(page))
@@ -320,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     history = histories(runs, cells, repo)
     write(Path(args.out), args.baseline, runs, selection, result,
           stats_table(stats) if stats else None,
-          figure1(history) if not history.empty else None)
+          figure1(history) if not history.empty else None,
+          weight_section(repo, cells, args.baseline))
     print(f"compare -> {args.out}/index.html and {args.out}/README.md "
           f"({len(selection.left_out)} run/dataset pair(s) left out, "
           f"{len(selection.conflicts)} conflicting cell(s))")
