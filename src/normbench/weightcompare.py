@@ -153,10 +153,12 @@ def w1_means(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
 class LayerTest:
     setting: str
     reference: str
-    welch_p: float | None  # None: no test (fewer than 2 seeds, or no variance)
-    perm_p: float | None
-    perm_min_p: float | None  # the smallest p the permutation test could give here
     n: tuple[int, int]  # seeds of the setting and of its reference
+    drift: tuple[float, float]  # mean final drift over seeds (%), setting and reference
+    welch_p: float | None = None  # None: no test (fewer than 2 seeds, or no variance)
+    w1: tuple[float, float] | None = None  # mean W1 between settings, between seeds
+    perm_p: float | None = None
+    perm_min_p: float | None = None  # the smallest p the permutation test could give here
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -165,16 +167,17 @@ def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference: str,
-               role: str) -> LayerTest:
+                  role: str) -> LayerTest:
     """Both tests of one setting against its reference, for one layer of one model x dataset."""
     ours, ref = group[setting], group[reference]
     n = (len(ours), len(ref))
+    drift = tuple(float(final_drift(rs, role).mean() * 100) for rs in (ours, ref))
     if min(n) < 2:
-        return LayerTest(setting, reference, None, None, None, n)
+        return LayerTest(setting, reference, n, drift)
     finals = [[r.samples[role][-1] for r in rs] for rs in (ours, ref)]
-    return LayerTest(setting, reference,
+    return LayerTest(setting, reference, n, drift,
                      _welch(final_drift(ours, role), final_drift(ref, role)),
-                     permutation_p(*finals), min_permutation_p(*n), n)
+                     w1_means(*finals), permutation_p(*finals), min_permutation_p(*n))
 
 
 def _fmt_p(p: float | None) -> str:
@@ -183,8 +186,10 @@ def _fmt_p(p: float | None) -> str:
 
 def _describe(t: LayerTest, name: str) -> str:
     if t.welch_p is None and t.perm_p is None:
-        return f"{name} (no test: {t.n[0]} and {t.n[1]} seeds)"
-    text = f"{name} (Welch p={_fmt_p(t.welch_p)} on the final drift, permutation p={_fmt_p(t.perm_p)}"
+        return f"{name} ({t.n[0]} and {t.n[1]} seeds; a test needs 2 each)"
+    text = (f"{name} (final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, Welch "
+            f"p={_fmt_p(t.welch_p)}; W1 between settings {t.w1[0]:.3g} vs between seeds "
+            f"{t.w1[1]:.3g}, permutation p={_fmt_p(t.perm_p)}")
     if t.perm_min_p is not None and t.perm_min_p >= ALPHA:
         text += (f", the smallest possible with {t.n[0]} + {t.n[1]} seeds, so that test cannot "
                  f"reach p < {ALPHA}" if t.perm_p == t.perm_min_p else
@@ -218,9 +223,7 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
                         untested.append(f"{label(setting, names)} (no {reference} runs)")
                     continue
                 t = compare_layer(group, setting, reference, role)
-                between, within = (w1_means(*[[r.samples[role][-1] for r in group[s]]
-                                              for s in (setting, reference)])
-                                   if min(t.n) >= 2 else (None, None))
+                between, within = t.w1 or (None, None)
                 rows.append({**row, "Welch p": t.welch_p,
                              "W1 between settings": between, "W1 between seeds": within,
                              "permutation p": t.perm_p})
@@ -282,9 +285,13 @@ def _row(axes, recs: list[WeightRecord], role: str, title: str, colours: dict[st
     for body, s in zip(parts["bodies"], names):
         body.set_facecolor(colours[s])
         body.set_alpha(0.6)
+    for key in ("cmedians", "cbars", "cmins", "cmaxes"):  # median and range: black, not blue
+        parts[key].set_color("k")
+        parts[key].set_linewidth(0.8)
     violin.set_xticks(range(1, len(names) + 1), [label(s, names) for s in names],
                       rotation=20, fontsize=8)
-    violin.set(title=f"{title}: final weights", ylabel="weight value")
+    violin.set(title=f"{title}: final weights", xlabel="setting (line: median)",
+               ylabel="weight value")
     for s in names:
         _band(std, per_epoch(group[s], role, "std"), colours[s], label(s, names))
         _band(drift, per_epoch(group[s], role, "drift"), colours[s], label(s, names), 100.0)
