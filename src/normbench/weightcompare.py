@@ -8,7 +8,8 @@ Per model x dataset and watched layer (``weightdist.ROLES``), across settings
   density (KDE) of the final weights, one curve per setting, seeds pooled, the initial weights as
   a dashed black reference | violins of the final weights per setting, seeds pooled | std of the
   weights per epoch | drift ||W_t - W_0|| / ||W_0|| (%) per epoch; the last two draw the mean over
-  seeds as a line and the min-max over seeds as a band. A setting has one colour in every panel.
+  seeds as a line and the min-max over seeds as a band. A norm has one colour in every panel
+  and figure; legends name the norm, row titles the weights kind.
 - ``verdicts(records, baseline)``: lines in words (markdown) per model x dataset x layer, and
   the tests table behind them.
 
@@ -251,10 +252,13 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
 # --- figures --------------------------------------------------------------------------------
 
 def _colours(records: list[WeightRecord]) -> dict[str, tuple]:
-    """One colour per setting, the same in every panel and figure of one call."""
-    settings = sorted({r.setting for r in records})
+    """Setting -> colour, the same in every panel and figure of one call. The colour follows
+    the norm, so "minmax" is one colour in the scratch rows and in the imagenet rows (the row
+    titles name the weights kind, so the legends name the norm only)."""
+    norms = sorted({parse_setting(r.setting)["norm"] for r in records})
     cmap = plt.get_cmap("tab10")
-    return {s: cmap(i % 10) for i, s in enumerate(settings)}
+    return {r.setting: cmap(norms.index(parse_setting(r.setting)["norm"]) % 10)
+            for r in records}
 
 
 def _band(ax: plt.Axes, table: pd.DataFrame, colour, name: str, scale: float = 1.0) -> None:
