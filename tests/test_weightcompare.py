@@ -61,6 +61,7 @@ def test_permutation_p_by_hand():
 def test_planted_setting_is_named_different():
     lines, table = verdicts(grid(planted=True), BASE)
     assert len(lines) == len(ROLES)
+    assert verdicts([], BASE)[0] == ["No weight snapshots to compare."]
     for line in lines:
         differ, same = line.split("No difference beyond seed:")
         assert "minmax (final drift" in differ and "minmax" not in same
@@ -76,7 +77,7 @@ def test_planted_setting_is_named_different():
 def test_seed_noise_only_is_no_difference():
     lines, table = verdicts(grid(planted=False), BASE)
     for line in lines:
-        assert "beyond what changing the seed does: none." in line
+        assert "beyond what changing the seed does: no setting." in line
     tested = table[table.setting != BASE]
     assert (tested["Welch p"].astype(float) >= 0.05).all()
     assert (tested["permutation p"].astype(float) >= 0.05).all()

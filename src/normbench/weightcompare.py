@@ -203,8 +203,11 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
 
     Returns markdown lines (one per model x dataset x layer) and the tests table: model, dataset,
     layer, setting, reference, seeds, final drift (%) mean ± std over seeds, Welch p, mean W1
-    between settings and between seeds (weight units), permutation p.
+    between settings and between seeds (weight units), permutation p. A setting is called
+    different when either test gives p < ALPHA (two tests per setting, no correction).
     """
+    if not records:
+        return ["No weight snapshots to compare."], pd.DataFrame()
     lines, rows = [], []
     for (model, dataset), recs in _by(records, "model", "dataset").items():
         group = {s: rs for (s,), rs in _by(recs, "setting").items()}
@@ -239,8 +242,8 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
             lines.append(
                 f"**{model} on {dataset}, {layer_name(recs[0], role)}**, against "
                 f"{' / '.join(refs) or baseline}: moved the weights differently beyond what "
-                f"changing the seed does: {'; '.join(differ) or 'none'}. No difference beyond "
-                f"seed: {'; '.join(same) or 'none'}."
+                f"changing the seed does: {'; '.join(differ) or 'no setting'}. No difference "
+                f"beyond seed: {'; '.join(same) or 'no setting'}."
                 + (f" No test: {'; '.join(untested)}." if untested else ""))
     table = pd.DataFrame(rows)
     for col in ("Welch p", "W1 between settings", "W1 between seeds", "permutation p"):
