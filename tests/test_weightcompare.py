@@ -61,10 +61,11 @@ def test_permutation_p_by_hand():
 def test_planted_setting_is_named_different():
     lines, table = verdicts(grid(planted=True), BASE)
     assert len(lines) == len(ROLES)
+    assert verdicts([], BASE)[0] == ["No weight snapshots to compare."]
     for line in lines:
         differ, same = line.split("No difference beyond seed:")
-        assert "minmax (Welch p=" in differ and "minmax" not in same
-        assert "none (Welch p=" in same  # the setting norm=none: only seed noise
+        assert "minmax (final drift" in differ and "minmax" not in same
+        assert "none (final drift" in same  # the setting norm=none: only seed noise
         assert "cannot reach p < 0.05" in differ  # 3 + 3 seeds: permutation p at its floor
     minmax = table[table.setting == "norm=minmax weights=scratch"]
     assert (minmax["Welch p"].astype(float) < 0.05).all()
@@ -76,7 +77,7 @@ def test_planted_setting_is_named_different():
 def test_seed_noise_only_is_no_difference():
     lines, table = verdicts(grid(planted=False), BASE)
     for line in lines:
-        assert "beyond what changing the seed does: none." in line
+        assert "beyond what changing the seed does: no setting." in line
     tested = table[table.setting != BASE]
     assert (tested["Welch p"].astype(float) >= 0.05).all()
     assert (tested["permutation p"].astype(float) >= 0.05).all()
@@ -85,7 +86,7 @@ def test_seed_noise_only_is_no_difference():
 def test_one_seed_is_no_test():
     records = grid(planted=True) + [record("norm=instance weights=scratch", 1, 0.0, 0.01)]
     lines, table = verdicts(records, BASE)
-    assert all("No test: instance (no test: 1 and 3 seeds)" in line for line in lines)
+    assert all("No test: instance (1 and 3 seeds; a test needs 2 each)" in line for line in lines)
     assert table[table.setting == "norm=instance weights=scratch"]["Welch p"].eq("").all()
 
 

@@ -8,7 +8,8 @@ Per model x dataset and watched layer (``weightdist.ROLES``), across settings
   density (KDE) of the final weights, one curve per setting, seeds pooled, the initial weights as
   a dashed black reference | violins of the final weights per setting, seeds pooled | std of the
   weights per epoch | drift ||W_t - W_0|| / ||W_0|| (%) per epoch; the last two draw the mean over
-  seeds as a line and the min-max over seeds as a band. A setting has one colour in every panel.
+  seeds as a line and the min-max over seeds as a band. A norm has one colour in every panel
+  and figure; legends name the norm, row titles the weights kind.
 - ``verdicts(records, baseline)``: lines in words (markdown) per model x dataset x layer, and
   the tests table behind them.
 
@@ -153,10 +154,12 @@ def w1_means(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
 class LayerTest:
     setting: str
     reference: str
-    welch_p: float | None  # None: no test (fewer than 2 seeds, or no variance)
-    perm_p: float | None
-    perm_min_p: float | None  # the smallest p the permutation test could give here
     n: tuple[int, int]  # seeds of the setting and of its reference
+    drift: tuple[float, float]  # mean final drift over seeds (%), setting and reference
+    welch_p: float | None = None  # None: no test (fewer than 2 seeds, or no variance)
+    w1: tuple[float, float] | None = None  # mean W1 between settings, between seeds
+    perm_p: float | None = None
+    perm_min_p: float | None = None  # the smallest p the permutation test could give here
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -165,16 +168,17 @@ def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference: str,
-               role: str) -> LayerTest:
+                  role: str) -> LayerTest:
     """Both tests of one setting against its reference, for one layer of one model x dataset."""
     ours, ref = group[setting], group[reference]
     n = (len(ours), len(ref))
+    drift = tuple(float(final_drift(rs, role).mean() * 100) for rs in (ours, ref))
     if min(n) < 2:
-        return LayerTest(setting, reference, None, None, None, n)
+        return LayerTest(setting, reference, n, drift)
     finals = [[r.samples[role][-1] for r in rs] for rs in (ours, ref)]
-    return LayerTest(setting, reference,
+    return LayerTest(setting, reference, n, drift,
                      _welch(final_drift(ours, role), final_drift(ref, role)),
-                     permutation_p(*finals), min_permutation_p(*n), n)
+                     w1_means(*finals), permutation_p(*finals), min_permutation_p(*n))
 
 
 def _fmt_p(p: float | None) -> str:
@@ -183,8 +187,10 @@ def _fmt_p(p: float | None) -> str:
 
 def _describe(t: LayerTest, name: str) -> str:
     if t.welch_p is None and t.perm_p is None:
-        return f"{name} (no test: {t.n[0]} and {t.n[1]} seeds)"
-    text = f"{name} (Welch p={_fmt_p(t.welch_p)} on the final drift, permutation p={_fmt_p(t.perm_p)}"
+        return f"{name} ({t.n[0]} and {t.n[1]} seeds; a test needs 2 each)"
+    text = (f"{name} (final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, Welch "
+            f"p={_fmt_p(t.welch_p)}; W1 between settings {t.w1[0]:.3g} vs between seeds "
+            f"{t.w1[1]:.3g}, permutation p={_fmt_p(t.perm_p)}")
     if t.perm_min_p is not None and t.perm_min_p >= ALPHA:
         text += (f", the smallest possible with {t.n[0]} + {t.n[1]} seeds, so that test cannot "
                  f"reach p < {ALPHA}" if t.perm_p == t.perm_min_p else
@@ -197,8 +203,11 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
 
     Returns markdown lines (one per model x dataset x layer) and the tests table: model, dataset,
     layer, setting, reference, seeds, final drift (%) mean ± std over seeds, Welch p, mean W1
-    between settings and between seeds (weight units), permutation p.
+    between settings and between seeds (weight units), permutation p. A setting is called
+    different when either test gives p < ALPHA (two tests per setting, no correction).
     """
+    if not records:
+        return ["No weight snapshots to compare."], pd.DataFrame()
     lines, rows = [], []
     for (model, dataset), recs in _by(records, "model", "dataset").items():
         group = {s: rs for (s,), rs in _by(recs, "setting").items()}
@@ -218,9 +227,7 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
                         untested.append(f"{label(setting, names)} (no {reference} runs)")
                     continue
                 t = compare_layer(group, setting, reference, role)
-                between, within = (w1_means(*[[r.samples[role][-1] for r in group[s]]
-                                              for s in (setting, reference)])
-                                   if min(t.n) >= 2 else (None, None))
+                between, within = t.w1 or (None, None)
                 rows.append({**row, "Welch p": t.welch_p,
                              "W1 between settings": between, "W1 between seeds": within,
                              "permutation p": t.perm_p})
@@ -235,8 +242,8 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
             lines.append(
                 f"**{model} on {dataset}, {layer_name(recs[0], role)}**, against "
                 f"{' / '.join(refs) or baseline}: moved the weights differently beyond what "
-                f"changing the seed does: {'; '.join(differ) or 'none'}. No difference beyond "
-                f"seed: {'; '.join(same) or 'none'}."
+                f"changing the seed does: {'; '.join(differ) or 'no setting'}. No difference "
+                f"beyond seed: {'; '.join(same) or 'no setting'}."
                 + (f" No test: {'; '.join(untested)}." if untested else ""))
     table = pd.DataFrame(rows)
     for col in ("Welch p", "W1 between settings", "W1 between seeds", "permutation p"):
@@ -248,10 +255,13 @@ def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.
 # --- figures --------------------------------------------------------------------------------
 
 def _colours(records: list[WeightRecord]) -> dict[str, tuple]:
-    """One colour per setting, the same in every panel and figure of one call."""
-    settings = sorted({r.setting for r in records})
+    """Setting -> colour, the same in every panel and figure of one call. The colour follows
+    the norm, so "minmax" is one colour in the scratch rows and in the imagenet rows (the row
+    titles name the weights kind, so the legends name the norm only)."""
+    norms = sorted({parse_setting(r.setting)["norm"] for r in records})
     cmap = plt.get_cmap("tab10")
-    return {s: cmap(i % 10) for i, s in enumerate(settings)}
+    return {r.setting: cmap(norms.index(parse_setting(r.setting)["norm"]) % 10)
+            for r in records}
 
 
 def _band(ax: plt.Axes, table: pd.DataFrame, colour, name: str, scale: float = 1.0) -> None:
@@ -282,9 +292,13 @@ def _row(axes, recs: list[WeightRecord], role: str, title: str, colours: dict[st
     for body, s in zip(parts["bodies"], names):
         body.set_facecolor(colours[s])
         body.set_alpha(0.6)
+    for key in ("cmedians", "cbars", "cmins", "cmaxes"):  # median and range: black, not blue
+        parts[key].set_color("k")
+        parts[key].set_linewidth(0.8)
     violin.set_xticks(range(1, len(names) + 1), [label(s, names) for s in names],
                       rotation=20, fontsize=8)
-    violin.set(title=f"{title}: final weights", ylabel="weight value")
+    violin.set(title=f"{title}: final weights", xlabel="setting (line: median)",
+               ylabel="weight value")
     for s in names:
         _band(std, per_epoch(group[s], role, "std"), colours[s], label(s, names))
         _band(drift, per_epoch(group[s], role, "drift"), colours[s], label(s, names), 100.0)
