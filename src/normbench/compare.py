@@ -25,7 +25,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.stats
 from matplotlib.ticker import MaxNLocator
 
 from normbench.io import read_json, run_main
@@ -33,26 +32,10 @@ from normbench.registry import ConfigError
 from normbench.weightdist import ROLES
 from normbench.grid import cell_name
 from normbench.report import mean_pm_std, png_bytes, stats_table
+from normbench.significance import ALPHA, mcnemar, welch
 from normbench.runs import (Run, Selection, exp_show, parse_exp_show, read_cell_outputs,
                             reference_params, select)
 from normbench import weightcompare
-
-ALPHA = 0.05  # significance level of every test
-
-
-def welch(a: np.ndarray, b: np.ndarray) -> float:
-    """p-value of Welch's t-test (unequal variances) of two samples of seeds."""
-    return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """p-value of McNemar's exact test on paired per-image outcomes of two classifiers."""
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
-    if only_a + only_b == 0:
-        return 1.0
-    return float(scipy.stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
 
 @dataclass(frozen=True)
 class Comparison:

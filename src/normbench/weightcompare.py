@@ -41,12 +41,12 @@ import pandas as pd
 import scipy.stats
 from matplotlib.ticker import MaxNLocator
 
+from normbench.significance import ALPHA, welch
 from normbench.report import ROLE_TITLES, mean_pm_std, png_bytes
 from normbench.weightdist import ROLES
 
 EXACT_LIMIT = 20_000  # relabelings enumerated exactly (C(14, 7) = 3432; C(20, 10) is not)
 RANDOM_PERMUTATIONS = 9_999  # seeded random relabelings beyond that
-ALPHA = 0.05  # as compare.ALPHA, which cannot be imported here: compare imports this module
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class LayerTest:
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
-    p = float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+    p = welch(a, b)
     return None if np.isnan(p) else p  # nan: no variance in either group
 
 
