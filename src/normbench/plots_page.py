@@ -16,6 +16,8 @@ from pathlib import Path
 
 import vl_convert
 
+from normbench.io import atomic_path
+
 # The major version of the `$schema` DVC writes into every spec (vega-lite/v5.json).
 VEGA_LITE_VERSION = "5.21"
 
@@ -60,7 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", help="the template file that .dvc/config's plots.html_template names")
     out = Path(ap.parse_args().out)
-    out.write_text(page_template(), encoding="utf8")
+    with atomic_path(out) as tmp:  # an interrupted run leaves no half page for DVC to use
+        tmp.write_text(page_template(), encoding="utf8")
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
 
 
