@@ -11,7 +11,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-setup: $(STAMP)
+# The `dvc plots` page template named in .dvc/config (plots.html_template): vega, vega-lite and
+# vega-embed inlined from vl-convert-python, so `dvc plots show` / `diff` render offline.
+PLOTS_PAGE := .dvc/plots/offline.html
+$(PLOTS_PAGE): $(STAMP) src/normbench/plots_page.py
+	PYTHONPATH=src python -m normbench.plots_page $@
+
+setup: $(STAMP) $(PLOTS_PAGE)
 
 repro: setup
 	dvc repro

@@ -2,6 +2,8 @@
 on a tiny configuration in a temporary git repository."""
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 import yaml
 from conftest import sh, tiny_project
 
+from normbench.grid import check_grid
+from normbench.registry import ConfigError
 from normbench.runs import parse_exp_show
 
 CELL = "resnet18-shapes-223"
@@ -127,5 +131,28 @@ def test_switching_weights_touches_only_the_train_cells_and_the_report(repo):
         assert set(changed) == {f"train@{CELL}", "report"}
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "weights_mirror": "x"}))
         assert set(json.loads(sh(repo, "dvc", "status", "--json"))) <= {"report"}
+        data = {**params["data"], "shapes": {**params["data"]["shapes"], "seed": 1}}
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, "data": data}))
+        # the check re-runs (seconds) but its output stays the same: only shapes is rebuilt
+        assert set(json.loads(sh(repo, "dvc", "status", "--json"))) == {"check", "download@shapes"}
     finally:
         (repo / "params.yaml").write_text(original)
+
+
+def test_unknown_dataset_fails_in_seconds_naming_the_valid_ones(tmp_path):
+    tiny_project(tmp_path)
+    start = time.monotonic()
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "datasets=[cifar11]"], cwd=tmp_path,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                               f"{os.environ['PATH']}"}, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and time.monotonic() - start < 60, out
+    assert "unknown dataset 'cifar11'; valid choices: digits, shapes, cifar10" in out, out
+    assert "failed to reproduce 'check'" in out and "are missing" not in out
+
+
+def test_check_grid_wants_a_data_block_per_dataset(params):
+    assert check_grid(params).datasets == params["datasets"]
+    del params["data"][params["datasets"][0]]
+    with pytest.raises(ConfigError, match=f"no 'data.{params['datasets'][0]}'"):
+        check_grid(params)

@@ -39,3 +39,15 @@ class Grid:
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(m, d, s) for m in self.models for d in self.datasets for s in self.seeds]
+
+
+def check_grid(params: Mapping[str, Any]) -> Grid:
+    """The grid, with a ``data.<name>`` block for each dataset: what the check stage verifies.
+
+    DVC resolves ``data.${item}`` of a download stage before running it, so without this check a
+    typo in ``datasets`` surfaces as "Parameters 'data.<typo>' are missing".
+    """
+    grid = Grid.from_params(params)
+    for dataset in grid.datasets:
+        require(params, f"data.{dataset}")
+    return grid
