@@ -51,7 +51,8 @@ compare: setup
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
 #   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5"
 #   SET="train.epochs=30" (further params for every experiment), JOBS=4 (experiments at once),
-#   EXECUTOR=slurm SLURM="slurm_partition=gpu gpus_per_node=1" (one Slurm job per experiment).
+#   EXECUTOR=slurm SLURM="slurm_partition=gpu gpus_per_node=1 timeout_min=600" (one Slurm job
+#   per experiment; SPLIT_SEEDS=1: one per setting and seed).
 NORMS ?= dataset imagenet instance minmax none
 WEIGHTS ?= scratch
 SEEDS ?= 1 2 3
@@ -59,9 +60,11 @@ SET ?=
 JOBS ?= auto
 EXECUTOR ?= local
 SLURM ?=
+SPLIT_SEEDS ?=
 study: setup
 	PYTHONPATH=src python -m normbench.study --norms $(NORMS) --weights $(WEIGHTS) \
-		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM)
+		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
+		$(if $(SPLIT_SEEDS),--split-seeds)
 
 clean-venv:
 	rm -rf $(VENV)

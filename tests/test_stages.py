@@ -101,3 +101,36 @@ def test_imagenet_weights_offline_fail_before_training(project, tmp_path, closed
     assert "or use weights: scratch" in proc.stderr and "Traceback" not in proc.stderr
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
     assert not (tmp_path / "plots").exists()
+
+
+def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(project, tmp_path):
+    """What `scancel` or `dvc queue kill` does to a running cell: no temporary folder remains."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from normbench.arrays import save_arrays
+    from normbench.datasets import make_shapes
+    from normbench.io import write_json
+    from normbench.stats import stats_table
+
+    arrays = make_shapes(40, 0.5, 0)
+    save_arrays(arrays, tmp_path / "data" / "digits")
+    write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
+    (tmp_path / "plots" / CELL).mkdir(parents=True)
+    (tmp_path / "plots" / CELL / "old.tsv").write_text("an earlier run's curve\n")
+    cwd = project(device="cpu", train={**yaml.safe_load((ROOT / "params.yaml").read_text())[
+        "train"], "epochs": 50, "batch_size": 16})
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"),
+                             *train_args(tmp_path)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "epoch   1" in line:  # training, with its temporary folders in place
+            break
+    assert list((tmp_path / "plots").glob(f".{CELL}.*")), "the cell should be writing by now"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # no leftover temporary, no output touched

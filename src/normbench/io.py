@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -47,10 +48,19 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         raise ConfigError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
 
 
+def _terminated(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a known failure prints one clear line instead of a traceback."""
+    """Run a stage's main(); a known failure prints one clear line instead of a traceback.
+
+    SIGTERM (what `scancel`, `kill` and a queue's kill send) exits through every ``finally``,
+    so :func:`atomic_path` removes its temporaries and no tracked folder is left changed.
+    """
     from normbench.train import CompileFailed, TrainingDiverged
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except (ConfigError, TrainingDiverged, CompileFailed) as e:

@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--executor", default="local", help=f"one of: {', '.join(EXECUTORS)}")
     ap.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
                     help="Slurm options for --executor slurm, e.g. slurm_partition=gpu")
+    ap.add_argument("--split-seeds", action="store_true",
+                    help="one experiment per setting and seed (more jobs at once on a cluster)")
     ap.add_argument("--repo", default=".")
     args = ap.parse_args(argv)
     repo = Path(args.repo)
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{', '.join(EXECUTORS)}")
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) > 0):
         raise ConfigError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
-    experiments = plan(args.norms, args.weights, args.seeds, args.set)
+    experiments = plan(args.norms, args.weights, args.seeds, args.set, args.split_seeds)
     check_study(repo, experiments)
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]

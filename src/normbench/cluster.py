@@ -1,0 +1,133 @@
+"""`make study EXECUTOR=slurm`: a study's experiments as Slurm jobs, through submitit.
+
+One job per experiment (one setting with its seeds; `--split-seeds` makes it one per setting and
+seed, for more GPUs at once). A job clones the study repository at its HEAD into a folder of its
+own, so DVC's workspace lock never collides, and points the clone's DVC cache at the study
+repository's cache on the shared filesystem: every cell a job trains lands there with its
+run-cache record, so nothing is trained twice, and a resubmitted job restores its finished cells.
+The job then pushes its experiment's git ref back to the study repository (`dvc exp push
+--no-cache origin <name>`), where `dvc exp show` and `compare` see it, and removes its clone.
+
+Job states come from `squeue` while a job is queued or running, and from submitit's result file
+after: that needs no Slurm accounting database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from normbench.registry import ConfigError
+
+JOBS_DIR = Path(".dvc") / "tmp" / "slurm"  # in the study repository: job logs and clones
+
+
+def _run(*cmd: str, cwd: Path | None = None) -> None:
+    """Run a command in a job, its output going to the job's log."""
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def run_experiment(origin: str, commit: str, name: str, set_args: list[str]) -> str:
+    """The job: train one experiment in a clone of its own and send it back to ``origin``."""
+    clone = Path(origin) / JOBS_DIR / "clones" / name
+    shutil.rmtree(clone, ignore_errors=True)  # what a cancelled earlier try left
+    _run("git", "clone", "-q", "--no-checkout", origin, str(clone))
+    _run("git", "checkout", "-q", commit, cwd=clone)
+    # The study repository's cache holds the cells and their run-cache records: shared.
+    _run("dvc", "cache", "dir", "--local", str(Path(origin) / ".dvc" / "cache"), cwd=clone)
+    _run("dvc", "exp", "run", "--name", name, *set_args, cwd=clone)
+    _run("dvc", "exp", "push", "--no-cache", "origin", name, cwd=clone)
+    shutil.rmtree(clone)
+    return name
+
+
+def slurm_parameters(options: dict[str, str]) -> dict:
+    """submitit parameters from ``key=value`` strings, the values read as YAML (1 -> int)."""
+    import submitit
+
+    params = {k: yaml.safe_load(v) for k, v in options.items()}
+    valid = submitit.AutoExecutor._valid_parameters() | {
+        f"slurm_{p}" for p in submitit.SlurmExecutor._valid_parameters()}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ConfigError(f"unknown Slurm option(s) {unknown}; valid choices: "
+                          f"{', '.join(sorted(valid))}")
+    return params
+
+
+def _require_clean(repo: Path) -> str:
+    """HEAD, which the jobs clone: uncommitted changes would not reach them."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout
+    if status.strip():
+        raise ConfigError("Slurm jobs clone the repository's HEAD, and it has uncommitted "
+                          f"changes:\n{status.rstrip()}\ncommit them (or stash them) first")
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _queue_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of the jobs still queued or running (PENDING, RUNNING, ...)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def job_state(job, queued: dict[str, str]) -> str:
+    """queued | running | done | failed, for a submitit job."""
+    from submitit.core.utils import pickle_load
+
+    if job.job_id in queued:
+        return "running" if queued[job.job_id] in ("RUNNING", "COMPLETING") else "queued"
+    if job.paths.result_pickle.exists():
+        return "done" if pickle_load(job.paths.result_pickle)[0] == "success" else "failed"
+    return "failed"  # gone from the queue without a result: cancelled, killed or timed out
+
+
+def run_on_slurm(repo: Path, experiments: list, options: dict[str, str],
+                 poll_s: float = 5.0) -> dict[str, str]:
+    """Submit one job per experiment and follow them; {name: done | failed: <log path>}.
+
+    Ctrl-C cancels the submitted jobs (scancel); cells they finished stay in the shared cache.
+    """
+    import submitit
+
+    repo = repo.resolve()
+    commit = _require_clean(repo)
+    params = slurm_parameters(options)
+    executor = submitit.AutoExecutor(folder=repo / JOBS_DIR / "logs" / "%j", cluster="slurm")
+    executor.update_parameters(name="normbench", **params)
+    # The job imports this module with the same Python, from this checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    jobs = {exp.name: executor.submit(run_experiment, str(repo), commit, exp.name,
+                                      exp.set_args()) for exp in experiments}
+    shown: dict[str, str] = {}
+    try:
+        while True:
+            queued = _queue_states([j.job_id for j in jobs.values()])
+            states = {name: job_state(job, queued) for name, job in jobs.items()}
+            for name, state in states.items():
+                if shown.get(name) != state:
+                    shown[name] = state
+                    print(f"  {name} (job {jobs[name].job_id}): {state}", flush=True)
+            if all(s in ("done", "failed") for s in states.values()):
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for job in jobs.values():
+            job.cancel(check=False)
+        print("study interrupted: its Slurm jobs are cancelled; finished cells are in the shared "
+              "DVC cache; run the same command to resume", file=sys.stderr)
+        raise
+    return {name: "done" if state == "done" else
+            f"failed: {jobs[name].paths.stdout} (errors: {jobs[name].paths.stderr})"
+            for name, state in states.items()}
