@@ -134,6 +134,10 @@ class Task(NamedTuple):
     log: Path | None  # the experiment's output, once it has started
 
 
+# DVC's queue states as the study shows them, the same words as the Slurm executor's.
+SHOWN = {"Queued": "queued", "Running": "running", "Success": "done", "Failed": "failed"}
+
+
 def queue_tasks(repo: Path) -> dict[str, Task]:
     """The newest queue task of every experiment name, from DVC's queue."""
     from dvc.repo import Repo  # heavy: only the local executor needs it
@@ -150,8 +154,8 @@ def queue_tasks(repo: Path) -> dict[str, Task]:
     return tasks
 
 
-def dvc(repo: Path, *args: str, env: dict | None = None) -> None:
-    proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+def run_dvc(repo: Path, *args: str) -> None:
+    proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
 
@@ -168,7 +172,7 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
     for exp in experiments:
         if exp.name not in active:
-            dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
+            run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
     # Each worker trains on its own share of the CPU cores (torch would take them all).
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # No pipes: the workers it starts would hold them open, and this call would wait for them.
@@ -183,7 +187,7 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
             tasks = queue_tasks(repo)
             mine = {n: tasks[n] for n in names if n in tasks}
             for name, task in mine.items():
-                state = task.status
+                state = SHOWN.get(task.status, task.status)
                 if task.status == "Running" and task.log and task.log.is_file():
                     state = f"running: {progress(task.log.read_text(errors='replace'))}"
                 if shown.get(name) != state:
