@@ -2,7 +2,10 @@
 
 import pytest
 
-from normbench.study import apply_sets, main, plan, progress
+import os
+import signal
+
+from normbench.study import apply_sets, follow, main, plan, progress
 
 
 def test_plan_names_say_what_an_experiment_runs():
@@ -49,3 +52,22 @@ def test_sets_are_read_as_yaml_and_bad_input_names_the_fix():
         main(["--executor", "pbs"])
     with pytest.raises(ValueError, match="train.epochs must be >= 1"):
         main(["--set", "train.epochs=0"])
+
+
+def test_ctrl_c_stops_following_after_the_poll_it_hits_even_if_the_poll_swallows_it():
+    calls = []
+
+    def poll() -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # a library catching it would hide it
+            except KeyboardInterrupt:
+                pass
+        return len(calls) > 5  # without our handler the Ctrl-C is lost: no raise, test fails
+
+    with pytest.raises(KeyboardInterrupt):
+        follow(poll, 0.01)
+    assert len(calls) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    follow(lambda: True, 0.01)  # done at once: returns

@@ -18,12 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from normbench.registry import ConfigError
+from normbench.study import follow
 
 JOBS_DIR = Path(".dvc") / "tmp" / "slurm"  # in the study repository: job logs and clones
 
@@ -110,18 +110,19 @@ def run_on_slurm(repo: Path, experiments: list, options: dict[str, str],
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     jobs = {exp.name: executor.submit(run_experiment, str(repo), commit, exp.name,
                                       exp.set_args()) for exp in experiments}
-    shown: dict[str, str] = {}
+    states: dict[str, str] = {}
+
+    def poll() -> bool:
+        queued = _queue_states([j.job_id for j in jobs.values()])
+        for name, job in jobs.items():
+            state = job_state(job, queued)
+            if states.get(name) != state:
+                states[name] = state
+                print(f"  {name} (job {job.job_id}): {state}", flush=True)
+        return all(s in ("done", "failed") for s in states.values())
+
     try:
-        while True:
-            queued = _queue_states([j.job_id for j in jobs.values()])
-            states = {name: job_state(job, queued) for name, job in jobs.items()}
-            for name, state in states.items():
-                if shown.get(name) != state:
-                    shown[name] = state
-                    print(f"  {name} (job {jobs[name].job_id}): {state}", flush=True)
-            if all(s in ("done", "failed") for s in states.values()):
-                break
-            time.sleep(poll_s)
+        follow(poll, poll_s)
     except KeyboardInterrupt:
         for job in jobs.values():
             job.cancel(check=False)

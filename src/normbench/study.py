@@ -12,12 +12,13 @@ import argparse
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import yaml
 
@@ -126,6 +127,23 @@ def progress(log: str) -> str:
     return f"{stage} epoch {epoch[-1].group(1) if epoch else 0}/{epochs.group(1)}"
 
 
+def follow(poll: Callable[[], bool], poll_s: float) -> None:
+    """Call ``poll`` every ``poll_s`` seconds until it returns True.
+
+    Ctrl-C raises KeyboardInterrupt between polls: caught by a handler of our own, it cannot be
+    swallowed by a library that a poll calls (DVC's queue, Slurm's commands).
+    """
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        while not poll() and not interrupted.wait(poll_s):
+            pass
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # --- the local executor: DVC's queue ----------------------------------------------------------
 
 class Task(NamedTuple):
@@ -182,20 +200,22 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     if started.returncode != 0:
         raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
     shown: dict[str, str] = {}
+    mine: dict[str, Task] = {}
+
+    def poll() -> bool:
+        tasks = queue_tasks(repo)
+        mine.update({n: tasks[n] for n in names if n in tasks})
+        for name, task in mine.items():
+            state = SHOWN.get(task.status, task.status)
+            if task.status == "Running" and task.log and task.log.is_file():
+                state = f"running: {progress(task.log.read_text(errors='replace'))}"
+            if shown.get(name) != state:
+                shown[name] = state
+                print(f"  {name}: {state}", flush=True)
+        return all(t.status in ("Success", "Failed") for t in mine.values())
+
     try:
-        while True:
-            tasks = queue_tasks(repo)
-            mine = {n: tasks[n] for n in names if n in tasks}
-            for name, task in mine.items():
-                state = SHOWN.get(task.status, task.status)
-                if task.status == "Running" and task.log and task.log.is_file():
-                    state = f"running: {progress(task.log.read_text(errors='replace'))}"
-                if shown.get(name) != state:
-                    shown[name] = state
-                    print(f"  {name}: {state}", flush=True)
-            if all(t.status in ("Success", "Failed") for t in mine.values()):
-                break
-            time.sleep(poll_s)
+        follow(poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
         raise
