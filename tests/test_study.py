@@ -5,7 +5,8 @@ import pytest
 import os
 import signal
 
-from normbench.study import apply_sets, follow, main, plan, progress
+from normbench.dvcqueue import progress
+from normbench.study import apply_sets, follow, main, plan
 
 
 def test_plan_names_say_what_an_experiment_runs():
@@ -71,3 +72,15 @@ def test_ctrl_c_stops_following_after_the_poll_it_hits_even_if_the_poll_swallows
     assert len(calls) == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     follow(lambda: True, 0.01)  # done at once: returns
+
+
+def test_slurm_options_are_checked_before_anything_is_submitted():
+    from normbench.cluster import slurm_parameters
+
+    assert slurm_parameters(["timeout_min=600", "slurm_partition=gpu"]) == {
+        "timeout_min": 600, "slurm_partition": "gpu"}
+    with pytest.raises(ValueError, match=r"unknown Slurm option\(s\) \['partition'\]; valid "
+                                         "choices: .*slurm_partition"):
+        slurm_parameters(["partition=gpu"])
+    with pytest.raises(ValueError, match="must look like key=value"):
+        slurm_parameters(["gpu"])

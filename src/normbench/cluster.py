@@ -48,11 +48,14 @@ def run_experiment(origin: str, commit: str, name: str, set_args: list[str]) -> 
     return name
 
 
-def slurm_parameters(options: dict[str, str]) -> dict:
+def slurm_parameters(options: list[str]) -> dict:
     """submitit parameters from ``key=value`` strings, the values read as YAML (1 -> int)."""
     import submitit
 
-    params = {k: yaml.safe_load(v) for k, v in options.items()}
+    if any("=" not in o for o in options):
+        raise ConfigError(f"Slurm options must look like key=value, e.g. timeout_min=600; got "
+                          f"{options}")
+    params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
     valid = submitit.AutoExecutor._valid_parameters() | {
         f"slurm_{p}" for p in submitit.SlurmExecutor._valid_parameters()}
     unknown = sorted(set(params) - valid)
@@ -91,7 +94,7 @@ def job_state(job, queued: dict[str, str]) -> str:
     return "failed"  # gone from the queue without a result: cancelled, killed or timed out
 
 
-def run_on_slurm(repo: Path, experiments: list, options: dict[str, str],
+def run_on_slurm(repo: Path, experiments: list, options: list[str],
                  poll_s: float = 5.0) -> dict[str, str]:
     """Submit one job per experiment and follow them; {name: done | failed: <log path>}.
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import yaml
 
@@ -104,29 +101,6 @@ def completed(repo: Path) -> set[str]:
     return names
 
 
-# --- progress -------------------------------------------------------------------------------
-
-_STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
-_EPOCHS = re.compile(r"^\S+: norm=\S+ weights=.* epochs=(\d+)", re.M)
-_EPOCH = re.compile(r"^\s+epoch\s+(\d+)\s+test_acc", re.M)
-
-
-def progress(log: str) -> str:
-    """Where an experiment's log says it is, e.g. ``train@resnet18-digits-1 epoch 3/8``."""
-    stages = list(_STAGE.finditer(log))
-    if not stages:
-        return "starting"
-    last = stages[-1]
-    if last.group(2):
-        return f"{last.group(2)} restored from the run-cache"
-    stage = last.group(1)
-    tail = log[last.end():]
-    epochs, epoch = _EPOCHS.search(tail), list(_EPOCH.finditer(tail))
-    if not stage.startswith("train@") or not epochs:
-        return stage
-    return f"{stage} epoch {epoch[-1].group(1) if epoch else 0}/{epochs.group(1)}"
-
-
 def follow(poll: Callable[[], bool], poll_s: float) -> None:
     """Call ``poll`` every ``poll_s`` seconds until it returns True.
 
@@ -142,111 +116,6 @@ def follow(poll: Callable[[], bool], poll_s: float) -> None:
             raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-# --- the local executor: DVC's queue ----------------------------------------------------------
-
-class Task(NamedTuple):
-    name: str
-    status: str  # Queued | Running | Success | Failed (DVC's queue states)
-    log: Path | None  # the experiment's output, once it has started
-
-
-# DVC's queue states as the study shows them, the same words as the Slurm executor's.
-SHOWN = {"Queued": "queued", "Running": "running", "Success": "done", "Failed": "failed"}
-
-
-def queue_tasks(repo: Path) -> dict[str, Task]:
-    """The newest queue task of every experiment name, from DVC's queue."""
-    from dvc.repo import Repo  # heavy: only the local executor needs it
-
-    tasks: dict[str, Task] = {}
-    with Repo(str(repo)) as dvc_repo:
-        queue = dvc_repo.experiments.celery_queue
-        for entry in sorted(queue.status(), key=lambda e: e["timestamp"]):
-            try:
-                log = Path(queue.proc[entry["rev"]].stdout)
-            except KeyError:  # not started yet
-                log = None
-            tasks[entry["name"]] = Task(entry["name"], entry["status"], log)
-    return tasks
-
-
-def run_dvc(repo: Path, *args: str) -> None:
-    proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
-
-
-def run_local(repo: Path, experiments: list[Experiment], jobs: int,
-              poll_s: float = 2.0) -> dict[str, str]:
-    """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
-
-    Experiments still queued or running from an interrupted study are waited for, not queued
-    twice. Ctrl-C stops this study's running experiments and unqueues the rest; cells that
-    finished stay in DVC's run-cache, so the next run restores them instead of training.
-    """
-    names = [e.name for e in experiments]
-    active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
-    for exp in experiments:
-        if exp.name not in active:
-            run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
-    # Each worker trains on its own share of the CPU cores (torch would take them all).
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    # No pipes: the workers it starts would hold them open, and this call would wait for them.
-    started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if started.returncode != 0:
-        raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
-    shown: dict[str, str] = {}
-    mine: dict[str, Task] = {}
-
-    def poll() -> bool:
-        tasks = queue_tasks(repo)
-        mine.update({n: tasks[n] for n in names if n in tasks})
-        for name, task in mine.items():
-            state = SHOWN.get(task.status, task.status)
-            if task.status == "Running" and task.log and task.log.is_file():
-                state = f"running: {progress(task.log.read_text(errors='replace'))}"
-            if shown.get(name) != state:
-                shown[name] = state
-                print(f"  {name}: {state}", flush=True)
-        return all(t.status in ("Success", "Failed") for t in mine.values())
-
-    try:
-        follow(poll, poll_s)
-    except KeyboardInterrupt:
-        stop_local(repo, names)
-        raise
-    return {n: "done" if t.status == "Success" else f"failed: {t.log or 'dvc queue logs ' + n}"
-            for n, t in mine.items()}
-
-
-def stop_local(repo: Path, names: list[str]) -> None:
-    """Ctrl-C: stop this study's running experiments and take its queued ones off the queue."""
-    tasks = queue_tasks(repo)
-    running = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Running"]
-    queued = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Queued"]
-    if running:
-        subprocess.run(["dvc", "queue", "kill", *running], cwd=repo)
-    if queued:
-        subprocess.run(["dvc", "queue", "remove", *queued], cwd=repo)
-    print("study interrupted: finished cells are in DVC's run-cache; run the same command to "
-          "resume (only what is missing is trained)", file=sys.stderr)
-
-
-def default_jobs() -> int:
-    """Workers that fit this machine: two per GPU, else one per two CPU cores.
-
-    On a CPU a cell's torch already uses every core it is given, so more workers mostly share
-    the same cores; on a GPU a 32 px cell leaves it idle between kernel launches.
-    """
-    import torch
-
-    if torch.cuda.is_available():
-        return 2 * torch.cuda.device_count()
-    return max(1, (os.cpu_count() or 1) // 2)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -304,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     check_study(repo, experiments)
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]
+    from normbench.dvcqueue import default_jobs, run_local
+
     jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
     print(f"study: {len(experiments)} experiments ({len(args.norms)} norms x "
           f"{len(args.weights)} weights), seeds {' '.join(map(str, args.seeds))}; "
@@ -317,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         elif todo:
             from normbench.cluster import run_on_slurm
 
-            outcomes = run_on_slurm(repo, todo, dict(o.split("=", 1) for o in args.slurm))
+            outcomes = run_on_slurm(repo, todo, args.slurm)
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # the executor has stopped its jobs and said how to resume
     failed = {n: o for n, o in outcomes.items() if o != "done"}
