@@ -30,14 +30,15 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The stages say `python` and the queue workers call `dvc`: both from this environment.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 sys.path.insert(0, str(ROOT / "src"))
-from normbench.compare import parse_exp_show  # noqa: E402
+from normbench.dvcqueue import start_queue  # noqa: E402
+from normbench.runs import parse_exp_show  # noqa: E402
 
 
 def sh(cwd: Path, *cmd: str) -> str:
-    # The stages say `python` and the queue workers call `dvc`: both from this environment.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
@@ -64,7 +65,7 @@ def run_queue(jobs: int, norms: list[str], sets: list[str], workdir: Path) -> di
     sh(repo, "dvc", "repro", "download", "stats")  # once, not once per queued experiment
     sh(repo, "dvc", "exp", "run", "--queue", "-S", f"norm={','.join(norms)}")
     start = time.perf_counter()
-    sh(repo, "dvc", "queue", "start", "-j", str(jobs))
+    start_queue(repo, jobs)
     while True:
         time.sleep(2)
         status = sh(repo, "dvc", "queue", "status")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import sh, tiny_project
 
+from normbench.dvcqueue import start_queue
 from normbench.grid import check_grid
 from normbench.registry import ConfigError
 from normbench.runs import parse_exp_show
@@ -107,9 +108,10 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     assert (repo / "compare" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_queue_runs_settings_in_parallel_workers(repo):
+def test_queue_runs_settings_in_parallel_workers(repo, monkeypatch):
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "norm=instance,none")
-    sh(repo, "dvc", "queue", "start", "-j", "2")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    start_queue(repo, 2)
     deadline = time.monotonic() + 540
     while time.monotonic() < deadline:
         status = sh(repo, "dvc", "queue", "status")

@@ -69,6 +69,20 @@ def run_dvc(repo: Path, *args: str) -> None:
         raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
 
 
+def start_queue(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j <jobs>`, each worker on its own share of the CPU cores.
+
+    No pipes: the workers it starts would hold them open, and this call would wait for the
+    workers to exit, which with several workers does not always happen.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # torch would take every core in each
+    started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started.returncode != 0:
+        raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
+
+
 def run_local(repo: Path, experiments: list[Experiment], jobs: int,
               poll_s: float = 2.0) -> dict[str, str]:
     """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
@@ -82,14 +96,7 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     for exp in experiments:
         if exp.name not in active:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
-    # Each worker trains on its own share of the CPU cores (torch would take them all).
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    # No pipes: the workers it starts would hold them open, and this call would wait for them.
-    started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if started.returncode != 0:
-        raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
+    start_queue(repo, jobs)
     shown: dict[str, str] = {}
     mine: dict[str, Task] = {}
 
