@@ -80,6 +80,8 @@ def test_slurm_options_are_checked_before_anything_is_submitted():
 
     assert slurm_parameters(["timeout_min=600", "slurm_partition=gpu"]) == {
         "timeout_min": 600, "slurm_partition": "gpu"}
+    with pytest.raises(ValueError, match="need timeout_min"):
+        slurm_parameters(["slurm_partition=gpu"])
     with pytest.raises(ValueError, match=r"unknown Slurm option\(s\) \['partition'\]; valid "
                                          "choices: .*slurm_partition"):
         slurm_parameters(["partition=gpu"])

@@ -62,6 +62,9 @@ def slurm_parameters(options: list[str]) -> dict:
     if unknown:
         raise ConfigError(f"unknown Slurm option(s) {unknown}; valid choices: "
                           f"{', '.join(sorted(valid))}")
+    if "timeout_min" not in params:  # submitit's default would stop every job after 5 minutes
+        raise ConfigError("Slurm options need timeout_min, the minutes a job may run, e.g. "
+                          'SLURM="timeout_min=600 slurm_partition=gpu"')
     return params
 
 
