@@ -16,7 +16,6 @@ Usage: python bench/parity.py [--model resnet18] [--dataset shapes] [--seeds 1 2
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from scipy import stats as scipy_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from device_results import RESULTS, device_label, slug  # noqa: E402
 from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
                               resolve_device)
 from normbench.datasets import DATASETS, build_dataset  # noqa: E402
@@ -33,9 +33,6 @@ from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.stats import channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,7 +58,7 @@ def main() -> None:
                          "pass --amp bf16 and/or --compile default to compare something")
     arrays = build_dataset(args.dataset, require(params, f"data.{args.dataset}"))
     stats = channel_stats(arrays.train.images)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_label(device)
     label = {"plain": "plain (fp32, eager)",
              "fast": f"fast (amp {fast.amp}, compile {fast.compile})"}
     print(f"{name}: {args.model} on {args.dataset}, norm {args.norm}, {cfg.epochs} epochs, "
@@ -108,8 +105,7 @@ def main() -> None:
     text = "\n".join(lines + [""] + verdicts) + "\n"
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
-    (RESULTS / f"parity-{slug}-{args.model}-{args.dataset}.md").write_text(text)
+    (RESULTS / f"parity-{slug(name)}-{args.model}-{args.dataset}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""Several cells on one device: `dvc queue start -j N` against the same experiments one by one.
+"""Several cells on one GPU: the aggregate training speed of `dvc queue start -j N`.
 
-For each job count (default 1, then --jobs), clones this repository (HEAD) into a temporary
-folder with a cache of its own (so nothing comes from DVC's run-cache), applies the --set
-overrides to params.yaml, builds the data once, queues one experiment per --norms entry
-(`dvc exp run --queue -S norm=...`), and times `dvc queue start -j N` until the queue is empty.
-Prints the wall time, the aggregate training images/s over all cells and the ratio to -j 1, and
-each cell's peak GPU memory (the metric peak_gpu_mib) for sizing N.
+Clones this repository (HEAD) into a temporary folder with a DVC cache of its own (nothing is
+restored from the run-cache), applies the --set overrides, builds the data once, and runs N
+one-cell experiments (seeds 1..N; same model, dataset and settings) with N queue workers, through
+the study's local executor. The aggregate rate is every cell's training images over the wall time
+of the whole queue, start-up, compilation and evaluation included: what `make study` gets.
+
+Run it with --jobs 1 for the baseline and then with N = 2, 4, 8. Each run appends a row (with
+every cell's metrics: best_acc, images_per_s, peak_gpu_mib) to
+bench/results/queue-<device>.jsonl and rewrites queue-<device>.md, which compares each N with
+-j 1 per model and workload.
 
 A CIFAR-sized workload that needs no download: --set 'datasets=[shapes]'
---set data.shapes.images_per_class=10000 (60,000 images of 32 x 32).
+--set data.shapes.images_per_class=10000 (60,000 images of 32 x 32, 48,000 to train).
 
-Usage: python bench/queue_speed.py [--jobs 4] [--norms dataset imagenet instance minmax]
-       [--set key=value ...]
+Usage: python bench/queue_speed.py --jobs 4 --model resnet18 [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,14 +31,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # The stages say `python` and the queue workers call `dvc`: both from this environment.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 sys.path.insert(0, str(ROOT / "src"))
-from normbench.dvcqueue import start_queue  # noqa: E402
+from device_results import (RESULTS, append_row, device_label, provenance,  # noqa: E402
+                            read_rows, slug)
+from normbench.dvcqueue import run_local  # noqa: E402
+from normbench.models import MODELS  # noqa: E402
 from normbench.runs import parse_exp_show  # noqa: E402
+from normbench.study import apply_sets, plan  # noqa: E402
+
+CELL_METRICS = ("best_acc", "epochs", "train_seconds", "images_per_s", "peak_gpu_mib")
 
 
 def sh(cwd: Path, *cmd: str) -> str:
@@ -44,67 +55,101 @@ def sh(cwd: Path, *cmd: str) -> str:
     return proc.stdout
 
 
-def apply_sets(params: dict, sets: list[str]) -> dict:
-    """``key.sub=value`` overrides, the value read as YAML (as `dvc exp run -S` does)."""
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = params
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = yaml.safe_load(value)
-    return params
-
-
-def run_queue(jobs: int, norms: list[str], sets: list[str], workdir: Path) -> dict:
-    repo = workdir / f"j{jobs}"
+def clone(repo: Path, sets: list[str]) -> None:
+    """A committed copy of HEAD with the overrides, its own DVC cache and the data built."""
     sh(ROOT, "git", "clone", "-q", str(ROOT), str(repo))
+    sh(repo, "git", "config", "user.email", "bench@normbench")  # this clone's commits only
+    sh(repo, "git", "config", "user.name", "normbench bench")
     params = apply_sets(yaml.safe_load((repo / "params.yaml").read_text()), sets)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "commit", "-qam", "benchmark settings")
     sh(repo, "dvc", "repro", "download", "stats")  # once, not once per queued experiment
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", f"norm={','.join(norms)}")
+
+
+def run_queue(repo: Path, jobs: int) -> tuple[float, list[dict]]:
+    """Wall seconds of N one-cell experiments on N workers, and each cell's metrics."""
+    experiments = plan(["dataset"], ["scratch"], list(range(1, jobs + 1)), split_seeds=True)
     start = time.perf_counter()
-    start_queue(repo, jobs)
-    while True:
-        time.sleep(2)
-        status = sh(repo, "dvc", "queue", "status")
-        if not any(word in status for word in ("Queued", "Running")):
-            break
+    try:
+        states = run_local(repo, experiments, jobs)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=repo, capture_output=True)
     seconds = time.perf_counter() - start
-    if "Success" not in status or "Failed" in status:
-        raise SystemExit(f"error: a queued experiment failed:\n{status}\n"
-                         f"`dvc queue logs <name>` in {repo} says why")
+    failed = {n: s for n, s in states.items() if s != "done"}
+    if failed:
+        raise SystemExit(f"error: queued experiments failed in {repo}: {failed}")
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
     runs = parse_exp_show(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
-    cells = [(dataset, m) for run in runs if run.rev != head
-             for (_, dataset, _), m in run.cells.items()]
-    if not cells:
-        raise SystemExit(f"error: no cell metrics in the experiments of {repo}")
-    # Training images over all cells: each cell's train split, once per epoch.
-    train_sizes = {p.parent.name: len(np.load(p, mmap_mode="r"))
-                   for p in (repo / "data").glob("*/train_labels.npy")}
-    images = sum(train_sizes[dataset] * m["epochs"] for (dataset, m) in cells)
-    return {"jobs": jobs, "seconds": seconds, "images": images, "cells": len(cells),
-            "peak_gpu_mib": [m.get("peak_gpu_mib") for _, m in cells]}
+    cells = [{"cell": f"{m}-{d}-{s}", **{k: metrics.get(k) for k in CELL_METRICS}}
+             for run in runs if run.rev != head for (m, d, s), metrics in run.cells.items()]
+    if len(cells) != jobs:
+        raise SystemExit(f"error: {len(cells)} cells with metrics in {repo}, {jobs} expected")
+    return seconds, cells
+
+
+def train_images(repo: Path, cells: list[dict]) -> int:
+    """Training images over all cells: each cell's train split, once per epoch."""
+    sizes = {p.parent.name: len(np.load(p, mmap_mode="r"))
+             for p in (repo / "data").glob("*/train_labels.npy")}
+    return sum(sizes[c["cell"].split("-")[1]] * c["epochs"] for c in cells)
+
+
+def write_summary(jsonl: Path) -> str:
+    """Per model and workload: each job count's aggregate rate against -j 1's."""
+    rows = read_rows(jsonl)
+    lines = [f"# Several cells per GPU on {rows[-1]['device']}", "",
+             "Aggregate training images/s of N one-cell DVC experiments run by "
+             "`dvc queue start -j N` (start-up, compilation and evaluation included), against "
+             "-j 1. Peak GPU MiB: the largest cell's `peak_gpu_mib`.", ""]
+    for workload in sorted({(r["model"], r["workload"]) for r in rows}):
+        mine = {r["jobs"]: r for r in rows if (r["model"], r["workload"]) == workload}
+        base = mine.get(1)
+        lines += [f"## {workload[0]}, {workload[1]}", "",
+                  "| -j | cells | wall s | aggregate img/s | vs -j 1 | per-cell img/s | "
+                  "peak GPU MiB | command |", "|---|---|---|---|---|---|---|---|"]
+        for jobs, r in sorted(mine.items()):
+            ratio = f"{r['aggregate_img_s'] / base['aggregate_img_s']:.2f}x" if base else "-"
+            per_cell = np.mean([c["images_per_s"] for c in r["cells"]])
+            peaks = [c["peak_gpu_mib"] for c in r["cells"] if c["peak_gpu_mib"] is not None]
+            peak = f"{max(peaks):,.0f}" if peaks else "-"
+            lines.append(f"| {jobs} | {len(r['cells'])} | {r['seconds']:.0f} | "
+                         f"{r['aggregate_img_s']:,.0f} | {ratio} | {per_cell:,.0f} | {peak} | "
+                         f"`{r['command']}` ({r['date']}) |")
+        lines.append("")
+    text = "\n".join(lines)
+    jsonl.with_suffix(".md").write_text(text)
+    return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--jobs", type=int, default=4)
-    ap.add_argument("--norms", nargs="+", default=["dataset", "imagenet", "instance", "minmax"])
+    ap.add_argument("--jobs", type=int, default=4, help="queue workers, and one-cell experiments")
+    ap.add_argument("--model", default="resnet18", choices=list(MODELS))
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="params override, e.g. train.epochs=10 (repeatable)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for .jsonl and .md")
     args = ap.parse_args()
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
+    # A stop from outside (a time budget, `kill`) takes the queue's cells down with it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    label = device_label(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     tmp = Path(tempfile.mkdtemp(prefix="normbench-queue-"))  # kept if a run fails, for its logs
-    runs = [run_queue(j, args.norms, args.sets, tmp) for j in (1, args.jobs)]
+    repo = tmp / "repo"
+    clone(repo, [f"models=[{args.model}]", *args.sets])
+    seconds, cells = run_queue(repo, args.jobs)
+    images = train_images(repo, cells)
     shutil.rmtree(tmp)
-    one, many = runs
-    for run in runs:
-        print(f"-j {run['jobs']}: {run['cells']} cells, {run['seconds']:.0f} s, "
-              f"{run['images'] / run['seconds']:,.0f} train img/s in aggregate; peak GPU MiB per "
-              f"cell: {run['peak_gpu_mib']}")
-    print(f"-j {args.jobs} / -j 1: {one['seconds'] / many['seconds']:.2f}x the aggregate speed")
+    row = {"device": label, "model": args.model, "workload": " ".join(args.sets) or "defaults",
+           "jobs": args.jobs, "seconds": round(seconds, 1), "train_images": images,
+           "aggregate_img_s": images / seconds, "cells": cells, **provenance("queue_speed.py")}
+    jsonl = args.results / f"queue-{slug(label)}.jsonl"
+    append_row(jsonl, row)
+    for c in cells:
+        print(f"  {c['cell']}: " + ", ".join(f"{k} {c[k]}" for k in CELL_METRICS))
+    print(f"-j {args.jobs}: {len(cells)} cells in {seconds:.0f} s, "
+          f"{images / seconds:,.0f} train img/s in aggregate\n")
+    print(write_summary(jsonl))
 
 
 if __name__ == "__main__":

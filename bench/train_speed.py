@@ -10,8 +10,8 @@ Synthetic CIFAR-shaped data (uint8, N x size x size x 3, 10 classes), batch 256,
 Each loop first runs one untimed epoch (worker start-up, compilation, autotuning; its extra time
 is reported as warm-up), then whole epochs until --seconds have passed. The script prints
 images/s per loop and the fast/reference ratio, appends its rows to bench/results/<device>.jsonl
-and rewrites bench/results/<device>.md from all rows of that device, with the seed grid's
-estimated GPU-hours (4 models x 4 datasets x 4 settings x 100 epochs).
+and rewrites bench/results/<device>.md from all rows of that device; bench/grid_cost.py turns
+them into the seed grid's GPU-hours.
 
 Usage: python bench/train_speed.py [--models resnet18 densenet121] [--size 32] [--seconds 10]
 """
@@ -19,10 +19,7 @@ Usage: python bench/train_speed.py [--models resnet18 densenet121] [--size 32] [
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +33,8 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from device_results import (RESULTS, append_row, device_label, provenance,  # noqa: E402
+                            read_rows, slug)
 from normbench.arrays import Arrays, Split  # noqa: E402
 from normbench.config import SpeedConfig, TrainConfig, resolve_device  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
@@ -43,15 +42,8 @@ from normbench.normalizations import NORMALIZATIONS, ChannelStats  # noqa: E402
 from normbench.train import (Runner, batches_per_epoch, evaluate,  # noqa: E402
                              make_optimizer, to_device, train_epoch)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 STATS = ChannelStats((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10-like, in [0, 1] units
 CLASSES = 10
-
-# The seed study's grid, for the GPU-hours estimate: (train images, test images, size in px).
-GRID_MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
-GRID_DATASETS = {"cifar10": (50_000, 10_000, 32), "cifar100": (50_000, 10_000, 32),
-                 "svhn": (73_257, 26_032, 32), "tiny_imagenet_200": (100_000, 10_000, 64)}
-GRID_SETTINGS, GRID_EPOCHS = 4, 100
 
 
 @dataclass
@@ -174,39 +166,9 @@ def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
     return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def grid_hours(rows: list[dict], loop: str) -> tuple[float, list[str]] | None:
-    """GPU-hours of the seed grid at this loop's measured rates, and the assumptions made.
-
-    A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels); each cell pays its
-    warm-up twice (full and last partial batch each get a graph).
-    """
-    rates = {(r["model"], r["size"]): r for r in rows if r["loop"] == loop}
-    hours, notes = 0.0, []
-    for model in GRID_MODELS:
-        for n_train, n_test, size in GRID_DATASETS.values():
-            r, scale = rates.get((model, size)), 1.0
-            if r is None and (model, 32) in rates:
-                r, scale = rates[(model, 32)], (32 / size) ** 2
-                notes.append(f"{model} {size} px scaled from 32 px")
-            if r is None:
-                return None
-            per_epoch = n_train / (r["train_img_s"] * scale) + n_test / (r["eval_img_s"] * scale)
-            hours += GRID_SETTINGS * ((GRID_EPOCHS + 1) * per_epoch + 2 * r["warmup_s"]) / 3600
-    return hours, sorted(set(notes))
-
-
 def write_summary(jsonl: Path) -> str:
     """The device's markdown table from all its rows (the newest row per model, size and loop)."""
-    latest: dict[tuple, dict] = {}
-    for line in jsonl.read_text().splitlines():
-        row = json.loads(line)
-        latest[(row["model"], row["size"], row["loop"])] = row
+    latest = {(r["model"], r["size"], r["loop"]): r for r in read_rows(jsonl)}
     rows = list(latest.values())
     device = rows[-1]["device"]
     commands = sorted({f"`{r.get('command', 'python bench/train_speed.py')}` ({r['date']}, "
@@ -230,17 +192,8 @@ def write_summary(jsonl: Path) -> str:
         lines.append(f"| {model} | {size} | {cell(ref, 'train_img_s')} | "
                      f"{cell(plain, 'train_img_s')} | {cell(fast, 'train_img_s')} | {ratio} | "
                      f"{cell(fast, 'eval_img_s')} | {warm} | {peak} | {settings} |")
-    lines += ["", f"## The seed grid ({len(GRID_MODELS)} models x {len(GRID_DATASETS)} datasets x "
-              f"{GRID_SETTINGS} settings x {GRID_EPOCHS} epochs, one seed) at these rates", ""]
-    for loop in ("reference", "plain", "fast"):
-        estimate = grid_hours(rows, loop)
-        if estimate is None:
-            lines.append(f"- {loop}: not every grid model measured "
-                         f"({', '.join(GRID_MODELS)} needed)")
-        else:
-            hours, notes = estimate
-            lines.append(f"- {loop}: {hours:.1f} GPU-hours" + (f" ({'; '.join(notes)})"
-                                                                if notes else ""))
+    lines += ["", "The seed study's grid in GPU-hours at these rates: "
+              "`python bench/grid_cost.py`."]
     text = "\n".join(lines) + "\n"
     jsonl.with_suffix(".md").write_text(text)
     return text
@@ -267,9 +220,8 @@ def main() -> None:
     device = resolve_device(args.device)
     speed = SpeedConfig.from_params({"amp": args.amp, "compile": args.compile,
                                      "compile_fallback": False}).resolve(device)
-    name = device_name(device)
-    jsonl = args.results / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + ".jsonl")
-    args.results.mkdir(parents=True, exist_ok=True)
+    name = device_label(device)
+    jsonl = args.results / f"{slug(name)}.jsonl"
     data = synthetic(args.images, args.test_images, args.size)
     print(f"{name}: {args.images} train / {args.test_images} test images of {args.size} px, "
           f"batch {args.batch}; fast = amp {speed.amp}, compile {speed.compile}", flush=True)
@@ -290,13 +242,10 @@ def main() -> None:
             row = {"device": name, "model": model, "size": args.size, "loop": loop,
                    "train_img_s": rate.train, "eval_img_s": rate.eval, "warmup_s": rate.warmup_s,
                    "amp": used.amp, "compile": used.compile, "batch": args.batch,
-                   "images": args.images, "torch": torch.__version__,
+                   "images": args.images,
                    "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
-                   if device.type == "cuda" else None,
-                   "date": time.strftime("%Y-%m-%d"),
-                   "command": " ".join(["python bench/train_speed.py", *sys.argv[1:]])}
-            with jsonl.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                   if device.type == "cuda" else None, **provenance("train_speed.py")}
+            append_row(jsonl, row)
             rates[loop] = rate
             print(f"  {model:12s} {loop:9s} train {rate.train:10,.0f} img/s  eval "
                   f"{rate.eval:10,.0f} img/s  warm-up {rate.warmup_s:6.1f} s", flush=True)

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 import yaml
 
+from normbench.placement import place_cell
 from normbench.registry import ConfigError, Registry
 
 OPTIMIZERS = Registry("train.optimizer", {"adam": "adam", "sgd": "sgd"})
@@ -97,16 +98,30 @@ class TrainConfig:
 
 
 def resolve_device(name: Any) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; asking for CUDA without it is an error."""
+    """The device a cell trains on; asking for CUDA without it is an error.
+
+    ``auto`` and ``cuda`` place the cell on the least-loaded visible GPU (normbench.placement):
+    where a cell runs is a run-time choice, so it is no param that would change its hash.
+    ``cuda:<index>`` pins it; ``auto`` falls back to the CPU on a machine without CUDA. A CUDA
+    device is made the process's current device.
+    """
     if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or
                                          name.startswith("cuda:")):
         raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ConfigError(f"device: {name} asked for, but this machine has no CUDA device; "
                           "use device: auto or device: cpu")
-    return torch.device(name)
+    if name in ("auto", "cuda"):
+        return place_cell()
+    count = torch.cuda.device_count()
+    index = name.removeprefix("cuda:")
+    if not (index.isdigit() and int(index) < count):
+        raise ConfigError(f"device: {name} does not exist here; valid choices: auto, cuda, "
+                          + ", ".join(f"cuda:{i}" for i in range(count)))
+    torch.cuda.set_device(int(index))  # as place_cell does: stray allocations land there too
+    return torch.device("cuda", int(index))
 
 
 @dataclass(frozen=True)

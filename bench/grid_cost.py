@@ -1,0 +1,116 @@
+"""GPU-hours of the seed study's grid at measured rates: seed-style loop against normbench.
+
+The grid: 4 models x 4 datasets (Tiny-ImageNet at 64 px) x 4 settings x 100 epochs, one seed,
+each epoch one pass over the train split and one over the test split. Rates come from
+bench/train_speed.py (one cell per GPU: the seed-style reference loop and normbench's fast loop)
+and, where measured, bench/queue_speed.py (several cells per GPU: the aggregate speed-up of
+`dvc queue start -j N` over -j 1 for the same model).
+
+Usage: python bench/grid_cost.py [--device "NVIDIA H100 80GB HBM3"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from device_results import RESULTS, device_label, read_rows, slug  # noqa: E402
+from normbench.config import resolve_device  # noqa: E402
+
+GRID_MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
+# (train images, test images, side in px) per dataset of the seed study.
+GRID_DATASETS = {"cifar10": (50_000, 10_000, 32), "cifar100": (50_000, 10_000, 32),
+                 "svhn": (73_257, 26_032, 32), "tiny_imagenet_200": (100_000, 10_000, 64)}
+GRID_SETTINGS, GRID_EPOCHS = 4, 100
+
+
+def grid_hours(rows: list[dict], loop: str,
+               cells_per_gpu: dict[str, float] | None = None) -> tuple[float, list[str]] | None:
+    """GPU-hours of the grid at ``loop``'s rates, and the assumptions made; None if unmeasured.
+
+    A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels); each cell pays
+    its warm-up twice (full and last partial batch each get a graph). ``cells_per_gpu`` divides
+    a model's 32 px cells by its measured queue speed-up; 64 px cells keep one cell per GPU,
+    since their larger steps leave the GPU less idle and no speed-up was measured for them.
+    """
+    rates = {(r["model"], r["size"]): r for r in rows if r["loop"] == loop}
+    hours, notes = 0.0, []
+    for model in GRID_MODELS:
+        for n_train, n_test, size in GRID_DATASETS.values():
+            r, scale = rates.get((model, size)), 1.0
+            if r is None and (model, 32) in rates:
+                r, scale = rates[(model, 32)], (32 / size) ** 2
+                notes.append(f"{model} {size} px scaled from 32 px")
+            if r is None:
+                return None
+            per_epoch = n_train / (r["train_img_s"] * scale) + n_test / (r["eval_img_s"] * scale)
+            seconds = GRID_SETTINGS * ((GRID_EPOCHS + 1) * per_epoch + 2 * r["warmup_s"])
+            speedup = (cells_per_gpu or {}).get(model, 1.0) if size == 32 else 1.0
+            hours += seconds / speedup / 3600
+    return hours, sorted(set(notes))
+
+
+def queue_speedups(rows: list[dict]) -> dict[str, tuple[int, float]]:
+    """Per model, the job count with the best aggregate rate and its ratio to -j 1."""
+    best: dict[str, tuple[int, float]] = {}
+    for model in {r["model"] for r in rows}:
+        mine = [r for r in rows if r["model"] == model]
+        one = [r for r in mine if r["jobs"] == 1]
+        if not one:
+            continue
+        base = one[-1]["aggregate_img_s"]
+        latest = {r["jobs"]: r for r in mine}  # the newest row per job count
+        jobs, row = max(latest.items(), key=lambda kv: kv[1]["aggregate_img_s"])
+        best[model] = (jobs, row["aggregate_img_s"] / base)
+    return best
+
+
+def summary(speed_rows: list[dict], queue_rows: list[dict]) -> str:
+    latest = {(r["model"], r["size"], r["loop"]): r for r in speed_rows}
+    rows = list(latest.values())
+    lines = [f"The seed grid ({len(GRID_MODELS)} models x {len(GRID_DATASETS)} datasets x "
+             f"{GRID_SETTINGS} settings x {GRID_EPOCHS} epochs, one seed):", ""]
+    speedups = queue_speedups(queue_rows)
+    estimates = [("seed-style loop, one cell per GPU", "reference", None),
+                 ("normbench plain loop (fp32), one cell per GPU", "plain", None),
+                 ("normbench fast loop, one cell per GPU", "fast", None)]
+    if speedups:
+        shown = ", ".join(f"{m} -j {j} ({s:.2f}x)" for m, (j, s) in sorted(speedups.items()))
+        estimates.append((f"normbench fast loop, several cells per GPU: {shown}", "fast",
+                          {m: s for m, (_, s) in speedups.items()}))
+    for label, loop, per_gpu in estimates:
+        estimate = grid_hours(rows, loop, per_gpu)
+        if estimate is None:
+            lines.append(f"- {label}: not every grid model measured ({', '.join(GRID_MODELS)})")
+            continue
+        hours, notes = estimate
+        lines.append(f"- {label}: **{hours:.1f} GPU-hours**"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", help="the device label of the results to use (default: this "
+                                     "machine's)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    label = args.device or device_label(resolve_device("auto"))
+    speed = args.results / f"{slug(label)}.jsonl"
+    if not speed.is_file():
+        raise SystemExit(f"error: no training-speed results for {label} ({speed}); run "
+                         "python bench/train_speed.py on that device first")
+    queue = args.results / f"queue-{slug(label)}.jsonl"
+    text = f"# GPU-hours of the seed grid on {label}\n\n" + summary(
+        read_rows(speed), read_rows(queue) if queue.is_file() else [])
+    (args.results / f"grid-{slug(label)}.md").write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # reads files only
+    main()

@@ -1,0 +1,164 @@
+"""The fast path on a real CUDA GPU: `pytest -m gpu` (bench/gpu_session.sh runs it there).
+
+`make test` deselects these (pyproject's addopts), as CI has no GPU; asked for on a machine
+without CUDA they fail, naming the reason, rather than skip.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from normbench.arrays import Arrays, save_arrays
+from normbench.config import SpeedConfig, TrainConfig
+from normbench.datasets import make_shapes
+from normbench.models import build_model
+from normbench.normalizations import NORMALIZATIONS
+from normbench.placement import live_claims
+from normbench.stats import channel_stats, stats_table
+from normbench.train import Runner, seed_everything, train_cell
+from conftest import ROOT, run_stage
+
+pytestmark = pytest.mark.gpu
+
+# Batches that do not divide the splits: every cell meets a last partial batch in training and
+# in evaluation, as real datasets do (50,000 / 256 leaves 80).
+CFG = TrainConfig(epochs=3, batch_size=64, eval_batch_size=128, lr=0.001, weight_decay=0.0,
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+
+
+@pytest.fixture(scope="module")
+def cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.fail("no CUDA device here: the gpu tests need one (bench/gpu_session.sh runs "
+                    "them on a GPU machine)", pytrace=False)
+    return torch.device("cuda", 0)
+
+
+@pytest.fixture(scope="module")
+def shapes() -> Arrays:
+    return make_shapes(images_per_class=100, test_fraction=0.25, seed=0)  # 450 train, 150 test
+
+
+def fast_cell(arrays: Arrays, device: torch.device, seed: int = 1, model: str = "resnet18"):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    speed = SpeedConfig("auto", "auto", False).resolve(device)
+    seed_everything(seed)
+    net = build_model(model, len(arrays.classes))
+    result = train_cell(net, arrays, NORMALIZATIONS["dataset"], channel_stats(arrays.train.images),
+                        CFG, seed, device, speed=speed)
+    return result, {k: dict(v) for k, v in counters.items()}
+
+
+def test_auto_is_bf16_with_cuda_graphs_on_this_gpu(cuda):
+    assert SpeedConfig("auto", "auto", False).resolve(cuda) == SpeedConfig(
+        "bf16", "reduce-overhead", False)
+
+
+def test_fast_cell_learns_with_one_graph_per_shape_and_mode(cuda, shapes):
+    result, counters = fast_cell(shapes, cuda)
+    assert result.speed["compiled"] and result.speed["compile_fallback_reason"] is None
+    # Train and eval, each with a full and a last partial batch: four graphs at most. More means
+    # a recompilation per step or epoch; past dynamo's limit a frame silently runs eagerly.
+    assert counters["stats"]["unique_graphs"] <= 4, counters["stats"]
+    # CUDA graphs were really used: inductor skips them (and says why) for e.g. CPU tensors,
+    # mutated inputs or ops that cannot be captured, deterministic ones included.
+    assert not counters.get("inductor", {}).get("cudagraph_skips"), counters.get("inductor")
+    assert result.peak_gpu_mib is not None and result.peak_gpu_mib > 0
+    losses = [h["train_loss"] for h in result.history[1:]]
+    assert losses[-1] < 0.8 * losses[0]
+    assert result.metrics()["best_acc"] > 0.5  # six classes: chance is 0.17
+
+
+def test_fast_cell_is_identical_when_run_again_on_this_gpu(cuda, shapes):
+    a, _ = fast_cell(shapes, cuda)
+    b, _ = fast_cell(shapes, cuda)
+    assert a.history == b.history
+    assert (a.best_predictions == b.best_predictions).all()
+
+
+def test_compiled_bf16_step_matches_the_eager_fp32_step(cuda, shapes):
+    """One step's loss and gradient of the fast path against the plain fp32 path."""
+    stats = channel_stats(shapes.train.images)
+    x = torch.from_numpy(shapes.train.images[:64]).permute(0, 3, 1, 2).contiguous().to(cuda)
+    x = NORMALIZATIONS["dataset"](x, stats)
+    y = torch.from_numpy(shapes.train.labels[:64]).to(cuda)
+
+    def step(speed: SpeedConfig) -> tuple[float, torch.Tensor]:
+        torch._dynamo.reset()
+        seed_everything(7)
+        model = build_model("resnet18", len(shapes.classes)).to(cuda).train()
+        runner = Runner(model, speed, cuda)
+        loss = torch.nn.functional.cross_entropy(runner.forward(x).float(), y)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return loss.item(), grad
+
+    plain_loss, plain_grad = step(SpeedConfig("none", "none", False))
+    fast_loss, fast_grad = step(SpeedConfig("bf16", "reduce-overhead", False))
+    # bf16 keeps 8 bits of mantissa: the loss moves by well under 2 %, the gradient's direction
+    # hardly at all.
+    assert fast_loss == pytest.approx(plain_loss, rel=2e-2)
+    cosine = torch.nn.functional.cosine_similarity(fast_grad, plain_grad, dim=0).item()
+    assert cosine > 0.99
+
+
+def test_train_stage_end_to_end_at_64_px(cuda, tmp_path, params):
+    """stages/train.py as DVC runs it, on Tiny-ImageNet-sized images, with `speed: auto`."""
+    arrays = make_shapes(images_per_class=50, test_fraction=0.25, seed=0, image_size=64)
+    save_arrays(arrays, tmp_path / "data" / "shapes")
+    (tmp_path / "data" / "stats").mkdir()
+    (tmp_path / "data" / "stats" / "shapes.json").write_text(
+        json.dumps(stats_table(arrays.train.images)))
+    params["train"].update(epochs=2, batch_size=64, eval_batch_size=128)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cell = "resnet18-shapes-1"
+    proc = run_stage(tmp_path, "train", "--model", "resnet18", "--dataset", "shapes",
+                     "--seed", "1", "--data", "data/shapes", "--stats", "data/stats/shapes.json",
+                     "--metrics", f"metrics/{cell}.json", "--live", f"plots/{cell}",
+                     "--predictions", f"predictions/{cell}.npy",
+                     "--checkpoint", f"checkpoints/{cell}.pt", "--weightdist", f"weightdist/{cell}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "device=cuda:0" in proc.stdout and "amp=bf16 compile=reduce-overhead" in proc.stdout
+    metrics = json.loads((tmp_path / "metrics" / f"{cell}.json").read_text())
+    assert metrics["peak_gpu_mib"] > 0 and metrics["epochs"] == 2
+    checkpoint = torch.load(tmp_path / "checkpoints" / f"{cell}.pt", weights_only=False)
+    assert checkpoint["speed"]["compiled"] is True
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {src!r})
+    from normbench.config import resolve_device
+    device = resolve_device("auto")
+    print(device, flush=True)
+    sys.stdin.read()
+""").format(src=str(ROOT / "src"))
+
+
+def test_two_cells_claim_this_gpu_and_a_hidden_gpu_means_the_cpu(cuda):
+    from normbench.placement import CLAIMS
+
+    uuid = str(torch.cuda.get_device_properties(0).uuid)
+    before = live_claims(CLAIMS).get(uuid, 0) if CLAIMS.exists() else 0
+    procs = [subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["cuda:0", "cuda:0"]
+        assert live_claims(CLAIMS)[uuid] == before + 2
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
+    assert live_claims(CLAIMS).get(uuid, 0) == before
+    hidden = subprocess.run([sys.executable, "-c", HOLDER], input="", capture_output=True,
+                            text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert hidden.stdout.strip() == "cpu", hidden.stderr
