@@ -134,6 +134,6 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
     # 8 shapes x 6 classes, 80 % to train (38 images), 2 epochs, 2 cells.
     assert row["train_images"] == 2 * 2 * 38
-    assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-3)
+    assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
     assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | 2 |" in table
