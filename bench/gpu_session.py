@@ -122,11 +122,11 @@ def run_steps(todo: list[Step], folder: Path, budget_s: float, retry_failed: boo
         if current == "done" or (current == "failed" and not retry_failed):
             report.append((step, f"{current} earlier"))
             continue
-        (folder / f"{step.name}.failed").unlink(missing_ok=True)
         left = deadline - time.monotonic()
         if left < min_step_s:
             report.append((step, "not started (budget)"))
             continue
+        (folder / f"{step.name}.failed").unlink(missing_ok=True)
         print(f"[{time.strftime('%H:%M:%S')}] {step.name}: {' '.join(step.argv)}", flush=True)
         outcome = run_step(step, folder, left)
         print(f"[{time.strftime('%H:%M:%S')}] {step.name}: {outcome}", flush=True)

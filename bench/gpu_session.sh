@@ -18,6 +18,10 @@ done
 if [ -n "$pack" ]; then
 	trap 'tar czf "$pack" bench/results && echo "bench/results packed into $pack"' EXIT
 fi
+if ! command -v git >/dev/null; then
+	echo "error: git is not installed here; the DVC steps need it" >&2
+	exit 2
+fi
 if ! git rev-parse --verify -q HEAD >/dev/null; then
 	echo "error: run inside a git clone of normbench with its changes committed:" \
 		"the DVC steps clone HEAD" >&2

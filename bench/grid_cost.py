@@ -15,8 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from device_results import RESULTS, device_label, read_rows, slug  # noqa: E402
 from normbench.config import resolve_device  # noqa: E402
@@ -112,5 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # reads files only
     main()
