@@ -44,6 +44,14 @@ class Step:
     why: str  # which point of the measurement it answers
 
 
+def speed(model: str, size: int) -> tuple[str, ...]:
+    # Half of CIFAR's images per epoch at 32 px and the same pixels at 64 px: hundreds of steps
+    # per timed epoch, and the three loops of densenet161 at 64 px within a few minutes.
+    images = 25_000 * 32 * 32 // (size * size)
+    return (PY, "bench/train_speed.py", "--models", model, "--size", str(size),
+            "--images", str(images), "--test-images", str(images // 5))
+
+
 def queue(model: str, jobs: int) -> tuple[str, ...]:
     return (PY, "bench/queue_speed.py", "--jobs", str(jobs), "--model", model, *CELL_DATA,
             "--set", f"train.epochs={CELL_EPOCHS[model]}")
@@ -58,8 +66,8 @@ def steps() -> list[Step]:
         Step("env", env, "the machine, its driver and the versions used"),
         Step("gpu-tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"),
              "1, 5: CUDA checks of the fast path and the placement of two processes"),
-        *[Step(f"speed-32-{m}", (PY, "bench/train_speed.py", "--models", m, "--size", "32"),
-               "2: img/s, seed-style vs plain vs fast, 32 px") for m in MODELS],
+        *[Step(f"speed-32-{m}", speed(m, 32), "2: img/s, seed-style vs plain vs fast, 32 px")
+          for m in MODELS],
         *[Step(f"cell-{m}", queue(m, 1), "1, 4: a real cell through DVC; -j 1 baseline")
           for m in MODELS],
         *[Step(f"parity-{d}", (PY, "bench/parity.py", "--dataset", d, "--seeds", "1", "2", "3",
@@ -67,8 +75,8 @@ def steps() -> list[Step]:
           for d in ("shapes", "digits")],
         *[Step(f"queue-resnet18-j{n}", queue("resnet18", n), "4: cells per GPU")
           for n in (2, 4, 8)],
-        *[Step(f"speed-64-{m}", (PY, "bench/train_speed.py", "--models", m, "--size", "64"),
-               "2, 6: img/s at 64 px (Tiny-ImageNet)") for m in MODELS],
+        *[Step(f"speed-64-{m}", speed(m, 64), "2, 6: img/s at 64 px (Tiny-ImageNet)")
+          for m in MODELS],
         *[Step(f"queue-densenet121-j{n}", queue("densenet121", n), "4: cells per GPU")
           for n in (2, 4)],
         Step("grid-cost", (PY, "bench/grid_cost.py"), "6: GPU-hours of the seed study's grid"),

@@ -35,8 +35,8 @@ if ! python3 -c 'import dvc, dvclive' 2>/dev/null; then
 			"run bench/gpu_wheels.sh where PyPI is reachable and bring .whl/ along" >&2
 		exit 2
 	fi
-	python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
-		--upgrade --target "$site" .whl/*.whl
+	python3 -m pip install --quiet --root-user-action=ignore --no-index --no-deps --no-compile \
+		--no-cache-dir --upgrade --target "$site" .whl/*.whl
 	export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
 fi
 # The stages' commands say `python`.

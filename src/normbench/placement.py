@@ -81,7 +81,11 @@ def live_claims(folder: Path) -> dict[str, int]:
     for path in folder.glob("*.claim"):
         uuid, pid = path.stem.rsplit(".", 1)
         started = _started(int(pid))
-        if started is None or started not in ("?", path.read_text()):
+        try:
+            held = started is not None and started in ("?", path.read_text())
+        except FileNotFoundError:  # its process ended while we looked
+            continue
+        if not held:
             path.unlink(missing_ok=True)
             continue
         cells[uuid] = cells.get(uuid, 0) + 1
@@ -97,7 +101,9 @@ def claim_gpu(gpus: list[Gpu] | None = None, folder: Path | None = None) -> Gpu:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         chosen = pick(gpus, live_claims(folder))
         path = folder / f"{chosen.uuid}.{os.getpid()}.claim"
-        path.write_text(_started(os.getpid()) or "?")
+        tmp = path.with_suffix(".tmp")  # whole or absent, for a reader that takes no lock
+        tmp.write_text(_started(os.getpid()) or "?")
+        os.replace(tmp, path)
     atexit.register(path.unlink, missing_ok=True)
     return chosen
 
