@@ -59,9 +59,9 @@ def queue(model: str, jobs: int) -> tuple[str, ...]:
 
 def steps() -> list[Step]:
     """Cheap checks of correctness first, then speed, parity and the queue."""
-    env = ("bash", "-c", "nvidia-smi; git --version; " + PY + " -m pip check; " + PY + " -c 'import torch, torchvision, "
-           "dvc.version, dvclive; print(torch.__version__, torchvision.__version__, "
-           "dvc.version.__version__, dvclive.__version__, torch.cuda.get_device_name())'")
+    versions = ("from importlib.metadata import version; import torch; print(*(version(p) for p "
+                "in (\"torch\", \"torchvision\", \"dvc\", \"dvclive\")), torch.cuda.get_device_name())")
+    env = ("bash", "-c", f"nvidia-smi; git --version; {PY} -m pip check; {PY} -c '{versions}'")
     return [
         Step("env", env, "the machine, its driver and the versions used"),
         Step("gpu-tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"),

@@ -34,6 +34,7 @@ from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.stats import channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet18", choices=list(MODELS))

@@ -12,20 +12,20 @@ sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their shared helpe
 
 
 def test_grid_estimate_adds_up_every_cell():
-    bench = importlib.import_module("grid_cost")
+    grid = importlib.import_module("grid_cost")
     rows = [{"model": m, "size": 32, "loop": "fast", "train_img_s": 10_000.0,
-             "eval_img_s": 40_000.0, "warmup_s": 60.0} for m in bench.GRID_MODELS]
-    hours, notes = bench.grid_hours(rows, "fast")
+             "eval_img_s": 40_000.0, "warmup_s": 60.0} for m in grid.GRID_MODELS]
+    hours, notes = grid.grid_hours(rows, "fast")
     # Per model: 3 datasets at 32 px and Tiny-ImageNet at 64 px (4x the pixels: rates / 4).
     per_model_s = 0.0
-    for n_train, n_test, size in bench.GRID_DATASETS.values():
+    for n_train, n_test, size in grid.GRID_DATASETS.values():
         scale = (32 / size) ** 2
         epoch = n_train / (10_000 * scale) + n_test / (40_000 * scale)
         per_model_s += 4 * (101 * epoch + 2 * 60)
     assert hours == pytest.approx(4 * per_model_s / 3600)
-    assert notes == sorted(f"{m} 64 px scaled from 32 px" for m in bench.GRID_MODELS)
-    assert bench.grid_hours(rows[:3], "fast") is None  # densenet161 missing: no estimate
-    assert bench.grid_hours(rows, "reference") is None
+    assert notes == sorted(f"{m} 64 px scaled from 32 px" for m in grid.GRID_MODELS)
+    assert grid.grid_hours(rows[:3], "fast") is None  # densenet161 missing: no estimate
+    assert grid.grid_hours(rows, "reference") is None
 
 
 def test_benchmark_times_both_loops_and_prints_the_ratio(tmp_path):
