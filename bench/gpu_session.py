@@ -59,8 +59,9 @@ def queue(model: str, jobs: int) -> tuple[str, ...]:
 
 def steps() -> list[Step]:
     """Cheap checks of correctness first, then speed, parity and the queue."""
-    versions = ("from importlib.metadata import version; import torch; print(*(version(p) for p "
-                "in (\"torch\", \"torchvision\", \"dvc\", \"dvclive\")), torch.cuda.get_device_name())")
+    packages = ", ".join(f'"{p}"' for p in ("torch", "torchvision", "dvc", "dvclive"))
+    versions = ("from importlib.metadata import version; import torch; "
+                f"print(*(version(p) for p in ({packages})), torch.cuda.get_device_name())")
     env = ("bash", "-c", f"nvidia-smi; git --version; {PY} -m pip check; {PY} -c '{versions}'")
     return [
         Step("env", env, "the machine, its driver and the versions used"),
