@@ -84,11 +84,15 @@ def steps() -> list[Step]:
     ]
 
 
+def mark(step: Step, folder: Path) -> Path | None:
+    """The step's .done or .failed file, if it has run to an end."""
+    return next((path for path in (folder / f"{step.name}.done", folder / f"{step.name}.failed")
+                 if path.exists()), None)
+
+
 def state(step: Step, folder: Path) -> str:
-    for mark in ("done", "failed"):
-        if (folder / f"{step.name}.{mark}").exists():
-            return mark
-    return "to do"
+    path = mark(step, folder)
+    return path.suffix[1:] if path else "to do"
 
 
 def run_step(step: Step, folder: Path, seconds: float) -> str:
@@ -146,9 +150,8 @@ def run_steps(todo: list[Step], folder: Path, budget_s: float, retry_failed: boo
 def status_table(report: list[tuple[Step, str]], folder: Path) -> str:
     lines = ["| step | state | seconds | answers |", "|---|---|---|---|"]
     for step, outcome in report:
-        mark = next((folder / f"{step.name}.{m}" for m in ("done", "failed")
-                     if (folder / f"{step.name}.{m}").exists()), None)
-        seconds = json.loads(mark.read_text())["seconds"] if mark else "-"
+        path = mark(step, folder)
+        seconds = json.loads(path.read_text())["seconds"] if path else "-"
         lines.append(f"| {step.name} | {outcome} | {seconds} | {step.why} |")
     return "\n".join(lines) + "\n"
 

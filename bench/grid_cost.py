@@ -53,17 +53,19 @@ def grid_hours(rows: list[dict], loop: str,
 
 
 def queue_speedups(rows: list[dict]) -> dict[str, tuple[int, float]]:
-    """Per model, the job count with the best aggregate rate and its ratio to -j 1."""
+    """Per model, the job count with the best aggregate rate and its ratio to -j 1.
+
+    Only rows of the model's newest workload are compared: another workload's -j 1 is no base.
+    """
     best: dict[str, tuple[int, float]] = {}
     for model in {r["model"] for r in rows}:
         mine = [r for r in rows if r["model"] == model]
-        one = [r for r in mine if r["jobs"] == 1]
-        if not one:
+        latest = {r["jobs"]: r for r in mine  # the newest row per job count
+                  if r.get("workload") == mine[-1].get("workload")}
+        if 1 not in latest:
             continue
-        base = one[-1]["aggregate_img_s"]
-        latest = {r["jobs"]: r for r in mine}  # the newest row per job count
         jobs, row = max(latest.items(), key=lambda kv: kv[1]["aggregate_img_s"])
-        best[model] = (jobs, row["aggregate_img_s"] / base)
+        best[model] = (jobs, row["aggregate_img_s"] / latest[1]["aggregate_img_s"])
     return best
 
 
