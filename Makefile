@@ -50,10 +50,12 @@ compare: setup
 
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
 #   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5"
+#   BASELINE=dataset (the norm each other norm is compared with, under the same weights)
 #   SET="train.epochs=30" (further params for every experiment), JOBS=4 (experiments at once),
 #   EXECUTOR=slurm SLURM="slurm_partition=gpu gpus_per_node=1 timeout_min=600" (one Slurm job
 #   per experiment; SPLIT_SEEDS=1: one per setting and seed).
 NORMS ?= dataset imagenet instance minmax none
+BASELINE ?= dataset
 WEIGHTS ?= scratch
 SEEDS ?= 1 2 3
 SET ?=
@@ -62,7 +64,7 @@ EXECUTOR ?= local
 SLURM ?=
 SPLIT_SEEDS ?=
 study: setup
-	PYTHONPATH=src python -m normbench.study --norms $(NORMS) --weights $(WEIGHTS) \
+	PYTHONPATH=src python -m normbench.study --norms $(NORMS) --weights $(WEIGHTS) --baseline $(BASELINE) \
 		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
 		$(if $(SPLIT_SEEDS),--split-seeds)
 

@@ -35,8 +35,8 @@ def main() -> None:
     ap.add_argument("--stats", required=True, help="dataset statistics JSON (stats stage)")
     ap.add_argument("--metrics", required=True, help="output: metrics JSON")
     ap.add_argument("--live", required=True, help="output: dvclive folder of per-epoch curves")
-    ap.add_argument("--predictions", required=True, help="output: best epoch's test predictions")
-    ap.add_argument("--checkpoint", required=True, help="output: best epoch's weights and config")
+    ap.add_argument("--predictions", required=True, help="output: final epoch's test predictions")
+    ap.add_argument("--checkpoint", required=True, help="output: final weights and config")
     ap.add_argument("--weightdist", required=True,
                     help="output: watched layers' weight distributions per epoch")
     args = ap.parse_args()
@@ -84,10 +84,10 @@ def main() -> None:
         recorder.save(tmp)
     with atomic_path(args.predictions) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, result.best_predictions)
+            np.save(f, result.final_predictions)
     with atomic_path(args.checkpoint) as tmp:
         torch.save({
-            "state_dict": result.best_state,
+            "state_dict": result.final_state,
             "model": model_name, "dataset": dataset, "seed": args.seed,
             "norm": norm_name, "weights": weights, "weights_version": version,
             "classes": arrays.classes,
@@ -96,7 +96,10 @@ def main() -> None:
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
         }, tmp)
     write_json(args.metrics, metrics)  # last: metrics exist only for a finished cell
-    print(f"{cell}: best_acc {metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
+    learned = "" if result.learned else (f" (NOT above chance {metrics['chance_acc']:.3f}: "
+                                         "no verdict will rest on this cell)")
+    print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, best_acc "
+          f"{metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
           f"{metrics['images_per_s']:.0f} img/s")
 
 

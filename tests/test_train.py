@@ -2,13 +2,14 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from normbench.config import SpeedConfig, TrainConfig
 from normbench.arrays import Arrays
 from normbench.datasets import make_shapes
 from normbench.models import MODELS, build_model
-from normbench.normalizations import NORMALIZATIONS, ChannelStats
+from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm
 from normbench.train import (CompileFailed, TrainingDiverged, augment, batches_per_epoch,
                              seed_everything, train_cell)
 from normbench.weightdist import WeightRecorder
@@ -60,8 +61,8 @@ def run(tiny, seed=3, norm="dataset", cfg=CFG, model="resnet18"):
 def test_rerun_on_cpu_gives_identical_results(tiny):
     a, b = run(tiny), run(tiny)
     assert a.history == b.history
-    assert np.array_equal(a.best_predictions, b.best_predictions)
-    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+    assert np.array_equal(a.final_predictions, b.final_predictions)
+    assert all(torch.equal(a.final_state[k], b.final_state[k]) for k in a.final_state)
     c = run(tiny, seed=4)
     assert c.history != a.history
 
@@ -75,9 +76,16 @@ def test_history_and_metrics_are_consistent(tiny):
     assert m["epochs"] == 2 and 1 <= m["best_epoch"] <= 2
     assert m["best_acc"] == max(h["test_acc"] for h in r.history[1:])
     assert m["final_acc"] == r.history[-1]["test_acc"]
-    assert len(r.best_predictions) == len(tiny.test.labels)
-    acc = (r.best_predictions == tiny.test.labels).mean()
-    assert math.isclose(acc, m["best_acc"])  # predictions belong to the best epoch
+    assert len(r.final_predictions) == len(tiny.test.labels)
+    acc = (r.final_predictions == tiny.test.labels).mean()
+    assert math.isclose(acc, m["final_acc"])  # predictions belong to the final epoch
+    counts = np.bincount(tiny.test.labels)
+    assert m["chance_acc"] == counts.max() / counts.sum()
+    correct = int(round(acc * len(acc_labels := tiny.test.labels)))
+    assert m["above_chance_p"] == pytest.approx(
+        scipy.stats.binomtest(correct, len(acc_labels), m["chance_acc"], "greater").pvalue)
+    assert m["learned"] == (m["above_chance_p"] < 0.05)
+    assert m["execution"] == "cpu fp32 eager"
     assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
     assert m["images_per_s"] > 0 and m["train_seconds"] > 0
 
@@ -96,10 +104,11 @@ def test_recorder_sees_epoch_zero_and_every_epoch(tiny):
 
 
 def test_nan_loss_stops_the_cell(tiny):
-    def poisoned(x, stats):
-        out = NORMALIZATIONS["none"](x, stats)
-        out[0, 0, 0, 0] = float("nan")
-        return out
+    def nan_scale(u, mean, std):
+        scale = torch.ones(len(u), 1, 1, 1)
+        scale[0] = float("nan")
+        return torch.zeros(1), scale
+    poisoned = Norm(nan_scale, lambda stats: stats, "NaN in the first image")
 
     seed_everything(0)
     model = build_model("resnet18", len(tiny.classes))
@@ -112,7 +121,16 @@ def test_a_model_learns_the_shapes():
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "batch_size": 32})
     r = run(big, cfg=cfg)
     assert r.history[-1]["train_loss"] < 0.8 * r.history[1]["train_loss"]
-    assert r.metrics()["best_acc"] > 1 / 6  # above chance
+    m = r.metrics()
+    # The final epoch (no selection on the test set), well above the 1/6 of chance.
+    assert m["chance_acc"] == pytest.approx(1 / 6, abs=0.01)
+    assert m["final_acc"] > 0.25 and m["learned"] and m["above_chance_p"] < 0.01
+
+
+def test_a_cell_that_did_not_learn_says_so(tiny):
+    frozen = TrainConfig(**{**CFG.__dict__, "epochs": 1, "lr": 1e-12})
+    m = run(tiny, cfg=frozen).metrics()
+    assert not m["learned"] and m["above_chance_p"] > 0.05
 
 
 def tiny_net(classes: int) -> torch.nn.Module:

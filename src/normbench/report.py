@@ -43,7 +43,7 @@ def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
 
 # Metrics averaged over seeds per model x dataset in metrics.json, so that `dvc metrics diff`
 # prints the change that matters (e.g. resnet18-digits.best_acc_mean), not only per-seed cells.
-MEAN_KEYS = ("best_acc", "final_acc", "drift_first_conv", "drift_deep_conv")
+MEAN_KEYS = ("final_acc", "best_acc", "drift_first_conv", "drift_deep_conv")
 
 
 def metrics_summary(metrics: pd.DataFrame) -> dict[str, dict]:
@@ -90,13 +90,26 @@ def mean_pm_std(values: pd.Series, scale: float = 100.0) -> str:
     return f"{mean:.2f} ± {values.std(ddof=1) * scale:.2f}"
 
 
-def accuracy_table(metrics: pd.DataFrame, grid: Grid) -> pd.DataFrame:
-    """Best test accuracy (%) per model x dataset, mean ± sample std over seeds."""
-    table = (metrics.groupby(["model", "dataset"], sort=False)["best_acc"]
+def accuracy_table(metrics: pd.DataFrame, grid: Grid, key: str = "final_acc") -> pd.DataFrame:
+    """Test accuracy (%) per model x dataset, mean ± sample std over seeds (``key``: a metric)."""
+    table = (metrics.groupby(["model", "dataset"], sort=False)[key]
              .agg(mean_pm_std).unstack("dataset"))
     table = table.reindex(index=grid.models, columns=grid.datasets)
     table.columns.name = None  # one header row: the datasets
     return table
+
+
+def not_learned_text(metrics: pd.DataFrame) -> str:
+    """Which cells' final accuracy is not above chance (one-sided binomial test, p >= 0.05)."""
+    failed = metrics[~metrics.learned.astype(bool)] if "learned" in metrics else metrics.iloc[:0]
+    if failed.empty:
+        return ("None: every cell's final test accuracy is above chance (one-sided binomial "
+                "test against always answering the most common test class, p < 0.05).")
+    cells = ", ".join(f"{cell_name(r.model, r.dataset, r.seed)} ({r.final_acc * 100:.1f} % "
+                      f"against chance {r.chance_acc * 100:.1f} %, p = {r.above_chance_p:.2g})"
+                      for r in failed.itertuples())
+    return (f"NOT above chance (one-sided binomial test, p >= 0.05): {cells}. These cells are "
+            "no evidence for any setting: compare gives no verdict that rests on them.")
 
 
 def stats_table(stats: dict[str, dict]) -> pd.DataFrame:
@@ -234,16 +247,22 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
     n_seeds = len(grid.seeds)
     spread = "mean ± sample std over seeds" if n_seeds > 1 else "one seed, so no error bar"
     sections = [
-        ("Best test accuracy (%)",
-         f"Highest test accuracy over the epochs of each cell, as the seed study reports it "
-         f"({spread}). `metrics/<cell>.json` also holds the last epoch's accuracy (final_acc).",
+        ("Final test accuracy (%)",
+         f"Test accuracy after the last epoch ({spread}): the figure every verdict uses, since "
+         "it involves no choice made on the test set.",
          accuracy_table(metrics, grid), None),
+        ("Best test accuracy (%), the original study's figure",
+         "Highest test accuracy over the epochs of each cell, as the seed study reports it. The "
+         "epoch is chosen on the test set, so this figure is optimistic; no verdict uses it.",
+         accuracy_table(metrics, grid, "best_acc"), None),
+        ("Cells that did not learn", not_learned_text(metrics), None, None),
         ("Test accuracy per epoch", "Epoch 0 is the model before training.", None,
          "accuracy_history.png"),
         ("Test loss per epoch", "", None, "loss_history.png"),
         ("Dataset statistics (Table 1, every setting)",
          "Per-channel mean and std of the train split in [0, 1] units, and of the inputs the "
-         "model sees after each normalization (before augmentation).",
+         "model sees after each normalization (at test time; in training a per-image setting is "
+         "fitted to the image before the crop pads it).",
          stats_table(stats), None),
     ]
     sections.append((

@@ -1,10 +1,17 @@
 """Runs (commits and DVC experiments) and which of them may be compared.
 
-A comparison holds everything fixed except the setting (norm, weights) and the seed. A run's
-cells of one dataset enter it only if every param that decides what such a cell learns (the
-``train`` block, that dataset's ``data.<name>`` block, ``weights_version``, ``speed``, ...)
-matches the reference run's; the others are left out with the params that differ. The same cell
-found in two comparable runs with different results is reported, never silently merged.
+A comparison holds everything fixed except the setting (norm, weights) and the seed. A cell enters
+it only if everything that decides what it learns matches the reference run's:
+
+- every learning param (the ``train`` block, its dataset's ``data.<name>`` block, ``speed``, ...);
+- its train stage's code and data: the dependency hashes that the run's own ``dvc.lock`` records
+  for the cell;
+- how it ran: device kind, precision and compile mode as resolved (``execution`` in its metrics).
+
+A cell whose ``dvc.lock`` entry disagrees with the run's params.yaml (params edited without
+``dvc repro``), or that has no entry, is stale and left out. Every left-out cell is listed with
+the reason. The same cell found in two comparable runs with different results is reported,
+never silently merged.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from normbench.grid import cell_name
 from normbench.registry import ConfigError
@@ -28,6 +36,7 @@ PLACE_KEYS = ("device", "weights_mirror", "data_root", "data_mirror", "download_
 # Metrics that must agree for two runs of a cell to count as the same result (timings may not).
 RESULT_KEYS = ("best_acc", "final_acc", "final_loss")
 MISSING = "(missing)"
+TRAIN_STAGE = "train@{cell}"  # a cell's stage in dvc.lock
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Run:
     params: dict[str, Any]
     timestamp: str = ""  # ISO time of the commit or experiment
     cells: dict[tuple[str, str, int], dict] = field(default_factory=dict)  # (model, dataset, seed)
+    lock: dict | None = None  # its dvc.lock's stages (``attach_locks``); None: not read
 
     @property
     def setting(self) -> str:
@@ -89,8 +99,13 @@ def exp_show(repo: Path, all_commits: bool = True) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def reference_params(entries: list[dict], like: str | None) -> tuple[str, dict]:
-    """The params every compared run must match: the workspace's, or those of run ``like``."""
+def reference_params(entries: list[dict], like: str | None
+                     ) -> tuple[str, dict, str | None, dict[tuple, dict]]:
+    """What every compared cell must match: the workspace's run, or run ``like``.
+
+    Returns its label, params, git revision (None: the workspace, whose dvc.lock is on disk) and
+    cell metrics.
+    """
     revs = [e for entry in entries for e in
             [entry, *(r for x in entry.get("experiments") or [] for r in x.get("revs") or [])]]
     for rev in revs:
@@ -98,7 +113,9 @@ def reference_params(entries: list[dict], like: str | None) -> tuple[str, dict]:
             like in (rev.get("name"), rev.get("rev")) or rev.get("rev", "").startswith(like))
         params = _params(rev.get("data") or {})
         if wanted and params:
-            return (like or "the workspace"), params
+            run = _run_from(rev)
+            git_rev = None if rev.get("rev") == "workspace" else rev["rev"]
+            return (like or "the workspace"), params, git_rev, run.cells if run else {}
     names = sorted({r.get("name") or r.get("rev", "")[:7] for r in revs} - {"workspace"})
     raise ConfigError(f"no run {like!r} with params to compare like; valid choices: "
                       f"{', '.join(names)}")
@@ -123,19 +140,98 @@ def learning_params(params: dict, dataset: str) -> dict[str, Any]:
     return flatten(kept)
 
 
-def differences(params: dict, reference: dict, dataset: str) -> list[str]:
-    """``key=value (reference value)`` for every learning param that differs."""
-    ours, ref = learning_params(params, dataset), learning_params(reference, dataset)
-    return [f"{k}={ours.get(k, MISSING)} (compared: {ref.get(k, MISSING)})"
-            for k in sorted(set(ours) | set(ref)) if ours.get(k, MISSING) != ref.get(k, MISSING)]
+# --- dvc.lock: what each cell was trained with ----------------------------------------------
+
+def read_lock(repo: Path, rev: str | None) -> dict:
+    """The ``stages`` of dvc.lock at git revision ``rev`` (None: the workspace's file)."""
+    if rev is None:
+        path = repo / "dvc.lock"
+        text = path.read_text() if path.is_file() else ""
+    else:
+        proc = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=repo, capture_output=True,
+                              text=True)
+        text = proc.stdout if proc.returncode == 0 else ""
+    return (yaml.safe_load(text) or {}).get("stages") or {}
+
+
+def attach_locks(repo: Path, runs: list[Run]) -> None:
+    """Read every run's dvc.lock from git (an experiment is a git commit too)."""
+    for run in runs:
+        run.lock = read_lock(repo, run.rev)
+
+
+def cell_deps(lock: dict, cell: str) -> dict[str, str] | None:
+    """{path: md5} of a cell's train stage in a dvc.lock, or None when it has no entry."""
+    stage = lock.get(TRAIN_STAGE.format(cell=cell))
+    if stage is None:
+        return None
+    return {d["path"]: str(d.get("md5") or d.get("hash")) for d in stage.get("deps") or []}
+
+
+def stale(params: dict, lock: dict, cell: str) -> str | None:
+    """Why a cell's dvc.lock entry does not match its run's params.yaml, or None if it does."""
+    stage = lock.get(TRAIN_STAGE.format(cell=cell))
+    if stage is None:
+        return "stale: dvc.lock has no entry for the cell (run `dvc repro`)"
+    recorded = flatten((stage.get("params") or {}).get("params.yaml") or {})
+    now = flatten({k: params.get(k, MISSING) for k in {k.split(".")[0] for k in recorded}})
+    wrong = [f"{k}={now.get(k, MISSING)} (dvc.lock: {v})" for k, v in sorted(recorded.items())
+             if now.get(k, MISSING) != v]
+    return ("stale: params.yaml was edited without `dvc repro`: " + "; ".join(wrong)
+            if wrong else None)
+
+
+@dataclass
+class Key:
+    """What a cell of one dataset must share with the reference to be compared."""
+
+    params: dict[str, Any]  # learning_params
+    deps: dict[str, str] | None  # the train stage's dependency hashes (None: not known yet)
+    execution: str | None  # device kind, precision, compile mode (None: not known yet)
+
+    def differences(self, params: dict, deps: dict[str, str] | None, execution: str) -> list[str]:
+        """What differs; the first cell whose params match sets deps and execution if unknown."""
+        out = [f"{k}={params.get(k, MISSING)} (compared: {self.params.get(k, MISSING)})"
+               for k in sorted(set(params) | set(self.params))
+               if params.get(k, MISSING) != self.params.get(k, MISSING)]
+        if out:
+            return out
+        if self.deps is None:
+            self.deps = deps
+        if self.execution is None:
+            self.execution = execution
+        changed = sorted(p for p in set(deps or {}) | set(self.deps or {})
+                         if (deps or {}).get(p) != (self.deps or {}).get(p))
+        if changed:
+            out.append("code or data differ (dvc.lock hashes): " + ", ".join(changed))
+        if execution != self.execution:
+            out.append(f"ran as {execution} (compared: {self.execution})")
+        return out
+
+
+def reference_keys(params: dict, lock: dict, cells: dict[tuple, dict],
+                   datasets: set[str]) -> dict[str, Key]:
+    """Per dataset, the reference's key: from its params, its dvc.lock and its cells' metrics.
+
+    Deps and execution that the reference has no cell of the dataset for are left unknown: the
+    newest comparable cell sets them (``Key.differences``).
+    """
+    keys = {}
+    for dataset in sorted(datasets):
+        ours = [(c, m) for c, m in cells.items() if c[1] == dataset]
+        deps = next((d for c, _ in ours if (d := cell_deps(lock, cell_name(*c))) is not None),
+                    None)
+        execution = next((m.get("execution", MISSING) for _, m in ours), None)
+        keys[dataset] = Key(learning_params(params, dataset), deps, execution)
+    return keys
 
 
 @dataclass
 class Selection:
     """The cells a comparison uses, and what it left out and why."""
 
-    cells: pd.DataFrame  # index (setting, model, dataset, seed); columns rev, run, best_acc
-    left_out: list[str]  # "<run>, <dataset>: <params that differ>"
+    cells: pd.DataFrame  # index (setting, model, dataset, seed); columns rev, run, metrics
+    left_out: list[str]  # "<run>, <dataset>: <what differs>"
     conflicts: pd.DataFrame  # a cell with different results in two comparable runs
     fixed: dict[str, Any]  # the params held fixed, per dataset where they differ by dataset
 
@@ -144,38 +240,54 @@ def _same_result(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in RESULT_KEYS)
 
 
-def select(runs: list[Run], reference: dict) -> Selection:
+CELL_COLUMNS = ("final_acc", "best_acc", "learned", "chance_acc", "above_chance_p")
+
+
+def select(runs: list[Run], reference: dict, reference_lock: dict | None = None,
+           reference_cells: dict[tuple, dict] | None = None) -> Selection:
     """The comparable cells of ``runs``; of a cell seen twice with one result, either run's.
 
-    Two comparable runs with different results for one cell mean the code or the machine
-    changed: both are listed in ``conflicts`` and the newer run's result is used.
+    ``reference`` is the reference run's params; ``reference_lock`` and ``reference_cells`` its
+    dvc.lock stages and cell metrics. Runs without a lock (``Run.lock`` None) are compared by
+    params and execution only. Two comparable runs with different results for one cell mean the
+    machine changed: both are listed in ``conflicts`` and the newer run's result is used.
     """
+    datasets = {d for run in runs for (_, d, _) in run.cells}
+    keys = reference_keys(reference, reference_lock or {}, reference_cells or {}, datasets)
     chosen: dict[tuple, tuple[Run, dict]] = {}
     left_out, conflicts = [], []
     for run in sorted(runs, key=lambda r: r.timestamp, reverse=True):  # newest first
-        excluded: dict[str, list[str]] = {}
-        for (model, dataset, seed), metrics in run.cells.items():
-            diff = excluded.get(dataset)
-            if diff is None:
-                diff = excluded[dataset] = differences(run.params, reference, dataset)
-            if diff:
+        reasons: dict[str, list[str]] = {}
+        for (model, dataset, seed), metrics in sorted(run.cells.items()):
+            cell = cell_name(model, dataset, seed)
+            why = [] if run.lock is None else [r for r in [stale(run.params, run.lock, cell)] if r]
+            if not why:
+                deps = None if run.lock is None else cell_deps(run.lock, cell)
+                why = keys[dataset].differences(learning_params(run.params, dataset),
+                                                deps, metrics.get("execution", MISSING))
+            if why:
+                reasons.setdefault(dataset, [])
+                reasons[dataset] += [w for w in why if w not in reasons[dataset]]
                 continue
             key = (run.setting, model, dataset, seed)
             if key not in chosen:
                 chosen[key] = (run, metrics)
             elif not _same_result(chosen[key][1], metrics):
                 kept = chosen[key][0]
-                conflicts.append({"setting": run.setting, "cell": cell_name(model, dataset, seed),
-                                  "used (newer)": f"{kept.name}: {chosen[key][1]['best_acc']:.4f}",
-                                  "also found": f"{run.name}: {metrics['best_acc']:.4f}"})
-        left_out += [f"{run.name}, {d}: {'; '.join(diff)}" for d, diff in excluded.items() if diff]
+                conflicts.append({"setting": run.setting, "cell": cell,
+                                  "used (newer)": f"{kept.name}: "
+                                                  f"{chosen[key][1]['final_acc']:.4f}",
+                                  "also found": f"{run.name}: {metrics['final_acc']:.4f}"})
+        left_out += [f"{run.name}, {d}: {'; '.join(why)}" for d, why in reasons.items()]
     rows = [{"setting": s, "model": m, "dataset": d, "seed": seed, "rev": run.rev,
-             "run": run.name, "best_acc": metrics["best_acc"]}
+             "run": run.name, **{k: metrics.get(k) for k in CELL_COLUMNS}}
             for (s, m, d, seed), (run, metrics) in chosen.items()]
     cells = (pd.DataFrame(rows).set_index(["setting", "model", "dataset", "seed"]).sort_index()
              if rows else pd.DataFrame())
-    datasets = sorted({d for (_, _, d, _) in chosen})
-    fixed = {d: learning_params(reference, d) for d in datasets}
+    used = sorted({d for (_, _, d, _) in chosen})
+    fixed = {d: {**keys[d].params, "execution": keys[d].execution,
+                 **{f"dvc.lock {p}": h[:8] for p, h in sorted((keys[d].deps or {}).items())}}
+             for d in used}
     return Selection(cells, left_out, pd.DataFrame(conflicts), fixed)
 
 

@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from normbench.normalizations import NORMALIZATIONS, ChannelStats, Normalization
+from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm, Normalizer
 
 # Images per chunk: bounds memory (a 64 x 64 chunk of 4096 images is 200 MB as float32).
 CHUNK = 4096
@@ -43,10 +43,11 @@ def channel_stats(images: np.ndarray, chunk: int = CHUNK) -> ChannelStats:
     return _moments(_as_nchw(c).double() / 255.0 for c in _chunks(images, chunk))
 
 
-def normalized_stats(images: np.ndarray, norm: Normalization, stats: ChannelStats,
+def normalized_stats(images: np.ndarray, norm: Norm, stats: ChannelStats,
                      chunk: int = CHUNK) -> ChannelStats:
-    """Per-channel mean and std of the images as the model sees them after ``norm``."""
-    return _moments(norm(_as_nchw(c), stats) for c in _chunks(images, chunk))
+    """Per-channel mean and std of the (test-time) images as the model sees them after ``norm``."""
+    normalizer = Normalizer(norm, stats)
+    return _moments(normalizer(_as_nchw(c)) for c in _chunks(images, chunk))
 
 
 def stats_table(images: np.ndarray) -> dict:

@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "compare them (make study).")
     ap.add_argument("--norms", nargs="+", default=list(NORMALIZATIONS))
     ap.add_argument("--weights", nargs="+", default=["scratch"])
+    ap.add_argument("--baseline", default="dataset",
+                    help="the norm every other norm is compared with, under the same weights")
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="further params for every experiment, e.g. train.epochs=1")
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         NORMALIZATIONS.check(name)
     for name in args.weights:
         WEIGHTS.check(name)
+    if NORMALIZATIONS.check(args.baseline) not in args.norms:
+        raise ConfigError(f"the baseline norm {args.baseline!r} is not among the study's norms "
+                          f"({' '.join(args.norms)}); add it to NORMS or choose BASELINE from them")
     if args.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {args.executor!r}; valid choices: "
                           f"{', '.join(EXECUTORS)}")
@@ -179,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"study: {len(experiments)} experiments ({len(args.norms)} norms x "
           f"{len(args.weights)} weights), seeds {' '.join(map(str, args.seeds))}; "
           f"{len(experiments) - len(todo)} already done, {len(todo)} to run "
-          f"({args.executor}{f', {jobs} at once' if args.executor == 'local' else ''})",
+          f"({args.executor}{f', {jobs} at once' if args.executor == 'local' else ''}); "
+          f"baseline: norm={args.baseline}, against every setting with the same weights",
           flush=True)
     outcomes = {}
     try:
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         from normbench import compare
 
         compare.main(["--repo", str(repo), "--out", str(repo / COMPARE_DIR),
-                      "--like", finished[0].name, "--baseline", finished[0].setting,
+                      "--like", finished[0].name, "--baseline", args.baseline,
                       "--runs", *(e.name for e in finished)])
         print(f"study: open {repo / COMPARE_DIR / 'index.html'}")
     for name, outcome in failed.items():

@@ -21,7 +21,8 @@ from torch import nn
 
 from normbench.config import SpeedConfig, TrainConfig
 from normbench.arrays import Arrays
-from normbench.normalizations import ChannelStats, Normalization
+from normbench.normalizations import ChannelStats, Norm, Normalizer
+from normbench.significance import ALPHA, above_chance
 from normbench.weightdist import WeightRecorder
 
 T = TypeVar("T")
@@ -125,6 +126,9 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills fresh memory with NaN (a guard against reading it uninitialised)
+    # at a cost in speed; results do not depend on it, since every kernel writes what it reads.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -147,6 +151,17 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torc
         mirror = torch.rand(n, generator=gen, device=x.device) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     return x
+
+
+def training_inputs(images: torch.Tensor, normalizer: Normalizer, pad: int, flip: bool,
+                    gen: torch.Generator) -> torch.Tensor:
+    """A uint8 batch as the model sees it in training: cropped, flipped and normalized.
+
+    The normalization is fitted to each image as stored and applied to its padded crop, so a
+    per-image setting never counts the padding: the image's own pixels get exactly their test-time
+    values, and the border is that image's black.
+    """
+    return normalizer.apply(augment(images, pad, flip, gen), normalizer.affine(images))
 
 
 @torch.no_grad()
@@ -189,27 +204,57 @@ def batches_per_epoch(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [b for b in bounds if b[1] - b[0] > 1]
 
 
+def chance_level(labels: torch.Tensor) -> float:
+    """Test accuracy of always answering the most common test class (fraction)."""
+    return torch.bincount(labels).max().item() / len(labels)
+
+
+def execution(device: torch.device, speed: dict) -> str:
+    """How a cell ran, as resolved: device kind, precision, compile mode ("cpu fp32 eager").
+
+    Cells that ran differently are not compared (kernels, rounding and random streams differ).
+    """
+    precision = "bf16" if speed.get("amp") == "bf16" else "fp32"
+    mode = speed.get("compile") if speed.get("compiled") else "eager"
+    return f"{device.type} {precision} {mode}"
+
+
 @dataclass
 class CellResult:
+    """A trained cell. Everything kept is from the final epoch: choosing an epoch by its test
+    accuracy would select on the test set. ``best_*`` is the original study's figure only."""
+
     history: list[dict]  # one record per epoch; epoch 0 is the untrained model
-    best_epoch: int
-    best_state: dict[str, torch.Tensor]  # weights at the best epoch, on the CPU
-    best_predictions: np.ndarray  # predicted test label per image at the best epoch
+    best_epoch: int  # the epoch of the highest test accuracy (the original study's figure)
+    final_state: dict[str, torch.Tensor]  # weights after the last epoch, on the CPU
+    final_predictions: np.ndarray  # predicted test label per image after the last epoch
+    chance_acc: float  # accuracy of always answering the most common test class
+    above_chance_p: float  # one-sided binomial test of the final accuracy against chance_acc
+    execution: str  # device kind, precision, compile mode as resolved (``execution``)
     train_seconds: float  # wall time of all epochs, evaluation and compilation included
     images_per_s: float  # training throughput, evaluation excluded
     speed: dict = field(default_factory=dict)  # what the cell ran with (Runner.used)
     peak_gpu_mib: float | None = None  # peak memory allocated on the GPU (MiB); None on a CPU
+
+    @property
+    def learned(self) -> bool:
+        """Whether the final test accuracy is above chance (binomial p < ALPHA)."""
+        return self.above_chance_p < ALPHA
 
     def metrics(self) -> dict:
         best = self.history[self.best_epoch]
         last = self.history[-1]
         gpu = {} if self.peak_gpu_mib is None else {"peak_gpu_mib": round(self.peak_gpu_mib, 1)}
         return {
-            "best_acc": best["test_acc"],
-            "best_epoch": self.best_epoch,
-            "final_acc": last["test_acc"],
+            "final_acc": last["test_acc"],  # what verdicts use: no selection on the test set
             "final_loss": last["test_loss"],
+            "best_acc": best["test_acc"],  # max over epochs on the test set: optimistic
+            "best_epoch": self.best_epoch,
             "epochs": last["epoch"],
+            "chance_acc": self.chance_acc,
+            "above_chance_p": self.above_chance_p,
+            "learned": self.learned,
+            "execution": self.execution,
             "train_seconds": round(self.train_seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             **gpu,
@@ -224,7 +269,7 @@ def _sync(device: torch.device) -> None:
 
 
 def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: DeviceSplit,
-                bounds: list[tuple[int, int]], normalize: Callable[[torch.Tensor], torch.Tensor],
+                bounds: list[tuple[int, int]], normalizer: Normalizer,
                 cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over ``split`` in a fresh random order.
 
@@ -238,7 +283,7 @@ def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: Device
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for lo, hi in bounds:
         idx = perm[lo:hi]
-        x = normalize(augment(split.images[idx], cfg.pad, cfg.flip, gen))
+        x = training_inputs(split.images[idx], normalizer, cfg.pad, cfg.flip, gen)
         y = split.labels[idx]
 
         def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +301,7 @@ def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: Device
     return loss_sum, correct
 
 
-def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: ChannelStats,
+def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats,
                cfg: TrainConfig, seed: int, device: torch.device,
                on_epoch: Callable[[dict], None] = lambda record: None,
                recorder: WeightRecorder | None = None,
@@ -270,7 +315,7 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
     model = model.to(device)
     runner = Runner(model, speed, device)
     train, test = to_device(arrays, device)
-    normalize = lambda x: norm(x, stats)  # noqa: E731
+    normalizer = Normalizer(norm, stats, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     bounds = batches_per_epoch(len(train.labels), cfg.batch_size)
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(bounds), device)
@@ -278,23 +323,22 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
         torch.cuda.reset_peak_memory_stats(device)
 
     def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor]:
-        test_loss, test_acc, pred = evaluate(runner, test, normalize, cfg.eval_batch_size)
+        test_loss, test_acc, pred = evaluate(runner, test, normalizer, cfg.eval_batch_size)
         drifts = recorder.record(model, epoch) if recorder is not None else {}
         record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc, **drifts}
         on_epoch(record)
         return record, pred
 
     start = time.perf_counter()
-    record, best_pred = record_eval(0, {})
+    record, pred = record_eval(0, {})
     history, best_epoch = [record], 0
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     step_seconds = 0.0
     seen = 0
     n = sum(hi - lo for lo, hi in bounds)
     for epoch in range(1, cfg.epochs + 1):
         _sync(device)
         t0 = time.perf_counter()
-        loss_sum, correct = train_epoch(runner, opt, sched, train, bounds, normalize, cfg, gen)
+        loss_sum, correct = train_epoch(runner, opt, sched, train, bounds, normalizer, cfg, gen)
         train_loss = loss_sum.item() / n  # .item() waits for the device: the timing is honest
         step_seconds += time.perf_counter() - t0
         seen += n
@@ -308,13 +352,17 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Normalization, stats: Cha
                                            "lr": opt.param_groups[0]["lr"]})
         history.append(record)
         if epoch == 1 or record["test_acc"] > history[best_epoch]["test_acc"]:
-            best_epoch, best_pred = epoch, pred
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_epoch = epoch
+    chance = chance_level(test.labels)
+    correct = int((pred == test.labels.cpu()).sum())
     return CellResult(
         history=history,
         best_epoch=best_epoch,
-        best_state=best_state,
-        best_predictions=best_pred.numpy().astype(np.int16),
+        final_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        final_predictions=pred.numpy().astype(np.int16),
+        chance_acc=chance,
+        above_chance_p=above_chance(correct, len(test.labels), chance),
+        execution=execution(device, runner.used()),
         train_seconds=time.perf_counter() - start,
         images_per_s=seen / max(step_seconds, 1e-9),
         speed=runner.used(),
