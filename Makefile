@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Stage commands say `python`; this makes it the virtual environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system-packages repro test weights compare study clean-venv
+.PHONY: setup system-packages repro test weights compare study clean-venv mutation
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -51,11 +51,14 @@ compare: setup
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
 #   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5"
 #   BASELINE=dataset (the norm each other norm is compared with, under the same weights)
+#   WEIGHTS=pretrained PRETRAIN_NORMS="dataset minmax" NORMS="pretraining dataset minmax" (the
+#   mismatch study: the pipeline's own pretraining under each norm, fine-tuned under each norm)
 #   SET="train.epochs=30" (further params for every experiment), JOBS=4 (experiments at once),
 #   EXECUTOR=slurm SLURM="slurm_partition=gpu gpus_per_node=1 timeout_min=600" (one Slurm job
 #   per experiment; SPLIT_SEEDS=1: one per setting and seed).
 NORMS ?= dataset imagenet instance minmax none
 BASELINE ?= dataset
+PRETRAIN_NORMS ?= dataset
 WEIGHTS ?= scratch
 SEEDS ?= 1 2 3
 SET ?=
@@ -65,8 +68,20 @@ SLURM ?=
 SPLIT_SEEDS ?=
 study: setup
 	PYTHONPATH=src python -m normbench.study --norms $(NORMS) --weights $(WEIGHTS) --baseline $(BASELINE) \
+		--pretrain-norms $(PRETRAIN_NORMS) \
 		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
 		$(if $(SPLIT_SEEDS),--split-seeds)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Mutation testing (mutmut 3, configured in pyproject.toml [tool.mutmut]): significance.py,
+# normalizations.py and stats.py mutated one change at a time, each mutant run against the fast
+# unit tests that call it; ends with the list of mutants no test killed (`mutmut show NAME`).
+# From scratch each time (mutmut's working copy is ./mutants/). MUTATION_JOBS: mutants at once
+# (default: one per CPU).
+MUTATION_JOBS ?=
+mutation: setup
+	rm -rf mutants
+	mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS))
+	mutmut results

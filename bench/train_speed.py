@@ -1,12 +1,17 @@
 """Training speed: normbench's loop against a seed-style reference loop, timed in the same run.
 
-Synthetic CIFAR-shaped data (uint8, N x size x size x 3, 10 classes), batch 256, Adam, per model:
+Synthetic CIFAR-shaped data (uint8, N x size x size x 3, 10 classes), batch 256, per model:
 - reference: the seed study's loop: PIL images through torchvision transforms (RandomCrop with
   4 px padding, RandomHorizontalFlip, ToTensor, Normalize) in a DataLoader with worker processes,
-  fp32, eager; evaluation the same way without the random transforms;
-- plain: normbench's loop (uint8 dataset on the device, crop/flip/normalize there), fp32, eager;
-- fast: normbench's loop with --amp/--compile (default: what `speed: auto` picks on this device,
-  bf16 autocast + torch.compile with CUDA graphs on a GPU).
+  fp32, eager, torch's default (non-deterministic) kernels; evaluation the same way without the
+  random transforms; Adam;
+- plain: normbench's loop exactly as a cell runs it (seed_everything's deterministic mode,
+  params.yaml's train settings, uint8 dataset on the device, crop/flip/normalize there by
+  normbench.train's own functions), fp32, eager;
+- fast: the same with --amp/--compile (default: what `speed: auto` picks on this device, bf16
+  autocast + torch.compile with CUDA graphs on a GPU).
+Each row records whether its loop ran deterministic (``deterministic``,
+``fill_uninitialized_memory``).
 Each loop first runs one untimed epoch (worker start-up, compilation, autotuning; its extra time
 is reported as warm-up), then whole epochs until --seconds have passed. The script prints
 images/s per loop and the fast/reference ratio, appends its rows to bench/results/<device>.jsonl
@@ -32,15 +37,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 from device_results import (RESULTS, append_row, device_label, provenance,  # noqa: E402
                             read_rows, slug)
 from normbench.arrays import Arrays, Split  # noqa: E402
-from normbench.config import SpeedConfig, TrainConfig, resolve_device  # noqa: E402
+from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
+                               resolve_device)
 from normbench.models import MODELS, build_model  # noqa: E402
-from normbench.normalizations import NORMALIZATIONS, ChannelStats  # noqa: E402
+from normbench.normalizations import NORMALIZATIONS, ChannelStats, Normalizer  # noqa: E402
 from normbench.train import (Runner, batches_per_epoch, evaluate,  # noqa: E402
-                             make_optimizer, to_device, train_epoch)
+                             make_optimizer, seed_everything, to_device, train_epoch)
 
 STATS = ChannelStats((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10-like, in [0, 1] units
 CLASSES = 10
@@ -75,6 +82,13 @@ def timed(epoch: Callable[[], None], images: int, seconds: float,
     return rate, max(first - images / rate, 0.0)
 
 
+def determinism() -> dict:
+    """The deterministic-mode settings in force now, as a row records them."""
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory}
+
+
 def synthetic(n_train: int, n_test: int, size: int) -> Arrays:
     """Random uint8 images and labels in the project's array format (N x size x size x 3)."""
     rng = np.random.default_rng(0)
@@ -101,6 +115,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 def reference_rate(model_name: str, data: Arrays, args, device: torch.device) -> Rate:
     """The seed-style loop: DataLoader workers + PIL transforms, fp32 eager, Adam."""
     torch.manual_seed(0)
+    torch.use_deterministic_algorithms(False)  # the seed study's default kernels
     model = build_model(model_name, CLASSES).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     normalize = transforms.Normalize(STATS.mean, STATS.std)
@@ -143,25 +158,27 @@ def reference_rate(model_name: str, data: Arrays, args, device: torch.device) ->
 def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
                  device: torch.device) -> Rate:
     """normbench's own train_epoch and evaluate, as the train stage runs them."""
-    torch.manual_seed(0)
+    seed_everything(0)  # a cell's deterministic mode, as stages/train.py sets it
     model = build_model(model_name, CLASSES).to(device)
     runner = Runner(model, speed, device)
-    cfg = TrainConfig(epochs=1, batch_size=args.batch, eval_batch_size=1024, lr=1e-3,
-                      weight_decay=0.0, optimizer="adam", scheduler="none", pad=4, flip=True)
+    # The cells' own settings (params.yaml's train block: optimizer, scheduler, eval batch, crop
+    # and flip), with this run's batch size.
+    train = require(load_params(ROOT / "params.yaml"), "train")
+    cfg = TrainConfig.from_params({**train, "batch_size": args.batch})
 
     train_split, test_split = to_device(data, device)
     bounds = batches_per_epoch(len(train_split.labels), args.batch)
     opt, sched = make_optimizer(model, cfg, len(bounds), device)
-    normalize = lambda x: NORMALIZATIONS["dataset"](x, STATS)  # noqa: E731
+    normalizer = Normalizer(NORMALIZATIONS["dataset"], STATS, device)  # as train_cell builds it
     gen = torch.Generator(device=device).manual_seed(0)
 
     def train_pass() -> None:
-        loss_sum, _ = train_epoch(runner, opt, sched, train_split, bounds, normalize, cfg, gen)
+        loss_sum, _ = train_epoch(runner, opt, sched, train_split, bounds, normalizer, cfg, gen)
         loss_sum.item()  # the stage reads the epoch's loss once, too
 
     train_rate, warmup = timed(train_pass, len(train_split.labels), args.seconds, device)
     eval_rate, eval_warmup = timed(
-        lambda: evaluate(runner, test_split, normalize, cfg.eval_batch_size),
+        lambda: evaluate(runner, test_split, normalizer, cfg.eval_batch_size),
         len(test_split.labels), args.seconds / 2, device)
     return Rate(train_rate, eval_rate, warmup + eval_warmup)
 
@@ -187,6 +204,8 @@ def write_summary(jsonl: Path) -> str:
         cell = lambda r, k: f"{r[k]:,.0f}" if r else "-"  # noqa: E731
         ratio = f"{fast['train_img_s'] / ref['train_img_s']:.2f}x" if ref and fast else "-"
         settings = f"amp {fast['amp']}, compile {fast['compile']}" if fast else "-"
+        if fast and "deterministic" in fast:  # rows before it was recorded say nothing
+            settings += ", deterministic" if fast["deterministic"] else ", not deterministic"
         peak = f"{fast['peak_mib']:,.0f}" if fast and fast.get("peak_mib") else "-"
         warm = f"{fast['warmup_s']:.0f}" if fast else "-"
         lines.append(f"| {model} | {size} | {cell(ref, 'train_img_s')} | "
@@ -217,6 +236,9 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for .jsonl and .md")
     args = ap.parse_args()
 
+    # Before any CUDA work: seed_everything fixes cuBLAS's workspace (CUBLAS_WORKSPACE_CONFIG),
+    # which cuBLAS reads once, when the first loop starts it.
+    seed_everything(0)
     device = resolve_device(args.device)
     speed = SpeedConfig.from_params({"amp": args.amp, "compile": args.compile,
                                      "compile_fallback": False}).resolve(device)
@@ -242,7 +264,7 @@ def main() -> None:
             row = {"device": name, "model": model, "size": args.size, "loop": loop,
                    "train_img_s": rate.train, "eval_img_s": rate.eval, "warmup_s": rate.warmup_s,
                    "amp": used.amp, "compile": used.compile, "batch": args.batch,
-                   "images": args.images,
+                   "images": args.images, **determinism(),
                    "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
                    if device.type == "cuda" else None, **provenance("train_speed.py")}
             append_row(jsonl, row)

@@ -1,4 +1,4 @@
-"""check: params.yaml's grid names known models and datasets, before any dataset is built.
+"""check: params.yaml's grid, norm and weights are valid, before any dataset is built.
 
 download@<dataset> depends on this stage's output, so DVC runs it first; a typo in `datasets`
 then fails here with the valid names, not with DVC's "Parameters 'data.<typo>' are missing".
@@ -17,15 +17,18 @@ from normbench.datasets import DATASETS  # noqa: E402
 from normbench.grid import check_grid  # noqa: E402
 from normbench.io import run_main, write_json  # noqa: E402
 from normbench.models import MODELS  # noqa: E402
+from normbench.pretrain import check_start  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out", help="output: the valid model and dataset names")
     args = ap.parse_args()
-    grid = check_grid(load_params())
+    params = load_params()
+    grid = check_grid(params)
+    kind = check_start(params, grid.models)  # e.g. an ImageNet version a model lacks: seconds
     write_json(args.out, {"models": MODELS.names(), "datasets": DATASETS.names()})
-    print(f"grid ok: {len(grid.cells())} cells")
+    print(f"grid ok: {len(grid.cells())} cells, weights {kind}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  #
 from normbench.datasets import DATASETS  # noqa: E402
 from normbench.grid import cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
-from normbench.models import MODELS, WEIGHTS, build_model  # noqa: E402
-from normbench.normalizations import NORMALIZATIONS  # noqa: E402
+from normbench.models import MODELS, WEIGHTS  # noqa: E402
+from normbench.pretrain import build_from_start, check_norm, load_start, resolve_norm  # noqa: E402
+from normbench.registry import ConfigError  # noqa: E402
 from normbench.stats import read_channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
 from normbench.weightdist import WeightRecorder  # noqa: E402
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--seed", required=True, type=int)
     ap.add_argument("--data", required=True, help="dataset folder (download stage)")
     ap.add_argument("--stats", required=True, help="dataset statistics JSON (stats stage)")
+    ap.add_argument("--start", required=True, help="the model's start file (start stage)")
     ap.add_argument("--metrics", required=True, help="output: metrics JSON")
     ap.add_argument("--live", required=True, help="output: dvclive folder of per-epoch curves")
     ap.add_argument("--predictions", required=True, help="output: final epoch's test predictions")
@@ -44,9 +46,8 @@ def main() -> None:
     # Check every input before any work, so a typo costs seconds, not a training run.
     params = load_params()
     model_name, dataset = MODELS.check(args.model), DATASETS.check(args.dataset)
-    norm_name = NORMALIZATIONS.check(require(params, "norm"))
+    norm_name = check_norm(require(params, "norm"))
     weights = WEIGHTS.check(require(params, "weights"))
-    version = require(params, "weights_version") if weights == "imagenet" else None
     mirror = check_mirror(require(params, "weights_mirror"))
     cfg = TrainConfig.from_params(require(params, "train"))
     device = resolve_device(require(params, "device"))
@@ -54,14 +55,19 @@ def main() -> None:
     arrays = load_arrays(args.data)
     stats_record = read_json(args.stats, "dataset statistics",
                              f"run `dvc repro stats@{dataset}` to rebuild them")
-    stats = read_channel_stats(stats_record)
+    start = load_start(args.start, model_name)
+    if start["kind"] != weights:
+        raise ConfigError(f"{args.start} holds {start['kind']} weights but weights is {weights}; "
+                          f"run `dvc repro start@{model_name}`")
+    norm, stats, norm_text = resolve_norm(norm_name, start, read_channel_stats(stats_record))
 
     seed_everything(args.seed)
-    model = build_model(model_name, len(arrays.classes), weights, version, mirror)
+    model = build_from_start(start, len(arrays.classes), mirror)
     cell = cell_name(model_name, dataset, args.seed)
-    start = f"{weights} ({version})" if version else weights
-    print(f"{cell}: norm={norm_name} weights={start} device={device} epochs={cfg.epochs} "
-          f"amp={speed.amp} compile={speed.compile}")
+    origin = {"imagenet": f" ({start.get('version')})",
+              "pretrained": f" ({start.get('norm')} on {start.get('source')})"}.get(weights, "")
+    print(f"{cell}: norm={norm_text} weights={weights}{origin} device={device} "
+          f"epochs={cfg.epochs} amp={speed.amp} compile={speed.compile}")
 
     with atomic_path(args.live) as live_dir:
         live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -75,7 +81,7 @@ def main() -> None:
                   f"test_loss {record['test_loss']:.4f}", flush=True)
 
         recorder = WeightRecorder(model, MODELS[model_name].watched)
-        result = train_cell(model, arrays, NORMALIZATIONS[norm_name], stats, cfg, args.seed,
+        result = train_cell(model, arrays, norm, stats, cfg, args.seed,
                             device, on_epoch=on_epoch, recorder=recorder, speed=speed)
         live.end()
 
@@ -89,7 +95,8 @@ def main() -> None:
         torch.save({
             "state_dict": result.final_state,
             "model": model_name, "dataset": dataset, "seed": args.seed,
-            "norm": norm_name, "weights": weights, "weights_version": version,
+            "norm": norm_name, "norm_applied": norm_text, "weights": weights,
+            "start": {k: v for k, v in start.items() if k != "state_dict"},
             "classes": arrays.classes,
             "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
             "train": dataclasses.asdict(cfg), "speed": result.speed, "metrics": metrics,

@@ -2,8 +2,10 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -40,9 +42,13 @@ def test_benchmark_times_both_loops_and_prints_the_ratio(tmp_path):
     assert [r["loop"] for r in rows] == ["reference", "plain", "fast"]
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
     assert rows[2]["amp"] == "none" and rows[2]["compile"] == "none"  # auto on a CPU
+    # The seed study's loop on torch's default kernels; normbench's loops as a cell runs them.
+    assert [r["deterministic"] for r in rows] == [False, True, True]
+    assert not any(r["fill_uninitialized_memory"] for r in rows)
     table = next(tmp_path.glob("*.md")).read_text()
     ratio = rows[2]["train_img_s"] / rows[0]["train_img_s"]
     assert "| resnet18 | 32 |" in table and f"{ratio:.2f}x" in table
+    assert "amp none, compile none, deterministic |" in table
 
 
 def test_queue_speed_up_divides_only_the_32_px_cells():
@@ -71,8 +77,8 @@ def gpu_session():
     return importlib.import_module("gpu_session")
 
 
-def step(name: str, code: str):
-    return gpu_session().Step(name, (sys.executable, "-c", code), "a test")
+def step(name: str, code: str, needs: tuple[str, ...] = ()):
+    return gpu_session().Step(name, (sys.executable, "-c", code), "a test", needs)
 
 
 def test_gpu_session_resumes_where_it_was_cut_off(tmp_path):
@@ -106,16 +112,121 @@ def test_gpu_session_lists_its_steps_and_refuses_unknown_ones(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     names = [s.name for s in gpu_session().steps()]
-    assert names[:2] == ["env", "gpu-tests"] and names[-1] == "grid-cost"
+    assert names[:4] == ["env", "speed-32-resnet18", "speed-32-densenet121", "gpu-tests"]
+    assert names[-1] == "grid-cost"
     assert all(f"| {n} | to do |" in listed.stdout for n in names)
     bad = subprocess.run([sys.executable, script, "--only", "speed-32-resnet19"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
-    assert "unknown steps ['speed-32-resnet19']; valid choices: env, gpu-tests" in bad.stderr
+    assert "unknown steps ['speed-32-resnet19']; valid choices: env, speed-32-resnet18" \
+        in bad.stderr
     # Every step's script exists.
     for s in gpu_session().steps():
         if s.argv[1].startswith("bench/"):
             assert (ROOT / s.argv[1]).is_file(), s.argv[1]
+
+
+def test_gpu_session_puts_the_headline_first_and_limits_the_queues_compile_threads():
+    session = gpu_session()
+    by_name = {s.name: s for s in session.steps()}
+    for model in ("resnet18", "densenet121"):  # the headline: fast vs seed-style only
+        argv = by_name[f"speed-32-{model}"].argv
+        assert argv[argv.index("--loops") + 1:] == ("reference", "fast")
+    assert by_name["env"].needs == by_name["grid-cost"].needs == ()  # no GPU needed
+    dvc_steps = [s for s in by_name.values() if "queue_speed.py" in " ".join(s.argv)]
+    assert {s.name.split("-")[0] for s in dvc_steps} == {"cell", "queue"}
+    for s in by_name.values():
+        assert s.needs == (("cuda", "git", "dvc") if s in dvc_steps else
+                           () if s.name in ("env", "grid-cost") else ("cuda",)), s.name
+    for s in dvc_steps:
+        jobs = int(s.argv[s.argv.index("--jobs") + 1])
+        assert dict(s.env) == {"TORCHINDUCTOR_COMPILE_THREADS": str(max(1, session.cores() //
+                                                                            jobs))}
+
+
+def test_gpu_session_copies_the_results_out_after_every_step(tmp_path):
+    """Step b sees a's results in the out folder before it runs; c is cut off and still shows."""
+    import tarfile
+
+    session = gpu_session()
+    results, out = tmp_path / "results", tmp_path / "out"
+    folder = results / "gpu-session"
+    (results / "rows.jsonl").parent.mkdir()
+    (results / "rows.jsonl").write_text("{}\n")  # a script's rows
+    b = (f"import tarfile; names = tarfile.open({str(out / 'results.tar.gz')!r}).getnames(); "
+         "assert 'results/gpu-session/a.done' in names and 'results/rows.jsonl' in names; "
+         f"assert '| a | done |' in open({str(out / 'STATUS.md')!r}).read()")
+    steps = [step("a", "print('a ran')"), step("b", b), step("c", "import time; time.sleep(60)"),
+             step("d", "pass")]
+    report = session.run_steps(
+        steps, folder, budget_s=6, retry_failed=False, min_step_s=1,
+        after_step=lambda r: session.checkpoint(r, steps, folder, out, [results]))
+    assert [outcome for _, outcome in report] == ["done", "done", "cut off",
+                                                  "not started (budget)"]
+    assert sorted(p.name for p in out.iterdir()) == ["STATUS.md", "results.tar.gz"]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        log = tar.extractfile("results/gpu-session/c.log").read().decode()
+    assert "cut off after" in log
+    status = (out / "STATUS.md").read_text()
+    assert "| c | cut off |" in status and "| d | to do |" in status
+
+
+def test_gpu_session_skips_only_what_lacks_git_and_stops_without_cuda(tmp_path, monkeypatch):
+    session = gpu_session()
+    no_git = {"git": "no git here"}.get
+    steps = [step("a", "pass"), step("b", "pass", ("git", "dvc")), step("c", "pass")]
+    report = session.run_steps(steps, tmp_path, 60, False, min_step_s=1, unmet=no_git)
+    assert [outcome for _, outcome in report] == ["done", "skipped: no git here", "done"]
+    assert session.state(steps[1], tmp_path) == "to do"  # unmarked: a later machine may run it
+    no_cuda = {"cuda": "no CUDA device here"}.get
+    steps = [step("e", "pass"), step("f", "pass", ("cuda",)), step("g", "pass")]
+    report = session.run_steps(steps, tmp_path, 60, False, min_step_s=1, unmet=no_cuda)
+    assert [outcome for _, outcome in report] == ["done", "stopped: no CUDA device here"]
+    # The real checks: no git program; git but no commit.
+    monkeypatch.setattr(session, "ROOT", tmp_path)
+    assert "no commit at HEAD" in session.missing("git")
+    monkeypatch.setattr(session.shutil, "which", lambda name: None)
+    assert session.missing("git").startswith("no git here")
+    assert session.missing("dvc").startswith("no dvc/dvclive here")
+
+
+def test_the_documented_device_call_runs_on_a_cpu_up_to_the_first_cuda_step(tmp_path):
+    """bench/README.md's exact call, in the working tree as the device tool sends it."""
+    import re
+    import shutil
+    import tarfile
+
+    readme = (ROOT / "bench" / "README.md").read_text()
+    call = json.loads(re.search(r"```json\n\s*(.*?)\n\s*```", readme, re.S).group(1))
+    assert call["timeout_s"] <= 600 and len(call["carry"]) <= 8
+    assert gpu_session().GRACE_S < call["timeout_s"] - 540  # the default budget's margin
+    # Tracked and untracked-not-ignored files, no .git (the carried .whl/ is absent here: this
+    # machine's python3 has dvc).
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    out.mkdir()
+    bin_dir = str(Path(sys.executable).parent)  # python3 is this environment's, as on the GPU
+    env = {**os.environ, "OUT": str(out), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", "-c", call["command"]], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "error: no CUDA device here" in proc.stderr, proc.stdout + proc.stderr
+    assert "speed-32-resnet18 | stopped: no CUDA device here" in proc.stdout
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == ["STATUS.md", "results.tar.gz"]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert "bench/results/gpu-session/env.done" in tar.getnames()
+        env_log = tar.extractfile("bench/results/gpu-session/env.log").read().decode()
+    assert "CUDA available: False" in env_log and "torch " in env_log
+    assert "| env | done |" in (out / "STATUS.md").read_text()
+    # The tree was committed as sent, for the DVC steps.
+    assert subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=tree).returncode == 0
 
 
 def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):

@@ -3,104 +3,164 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from normbench.compare import (WeightSection, compare_pair, mcnemar, tables, verdicts, welch,
-                               write)
+from normbench.compare import WeightSection, compare_pair, tables, verdicts, write
 from normbench.runs import parse_exp_show, select
 
-
-def test_welch_matches_scipy():
-    a, b = np.array([0.91, 0.92, 0.90]), np.array([0.95, 0.96, 0.97, 0.95])
-    assert welch(a, b) == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def test_mcnemar_on_a_constructed_contingency_table():
-    # 50 both right, 40 both wrong, 8 right only for A, 2 right only for B.
-    a = np.array([True] * 50 + [False] * 40 + [True] * 8 + [False] * 2)
-    b = np.array([True] * 50 + [False] * 40 + [False] * 8 + [True] * 2)
-    p = mcnemar(a, b)
-    assert p == pytest.approx(scipy.stats.binomtest(8, 10, 0.5).pvalue)
-    assert p == pytest.approx(2 * sum(scipy.stats.binom.pmf(k, 10, 0.5) for k in range(0, 3)))
-    assert mcnemar(b, a) == pytest.approx(p) and mcnemar(a, a) == 1.0
-
-
 PARAMS = {"weights": "scratch", "train": {"epochs": 8}}
+EXEC = "cpu fp32 eager"
 
 
-def exp_entry(rev, name, norm, cells):
+def cell(acc, learned=True):
+    return {"final_acc": acc, "best_acc": acc + 0.01, "final_loss": 1.0, "learned": learned,
+            "chance_acc": 0.1, "above_chance_p": 1e-9 if learned else 0.5, "execution": EXEC}
+
+
+def exp_entry(rev, name, norm, cells, weights="scratch"):
     """One revision as `dvc exp show --json` writes it."""
     return {"rev": rev, "name": name, "data": {
-        "params": {"params.yaml": {"data": {**PARAMS, "norm": norm}}},
-        "metrics": {"metrics.json": {"data": {c: {"best_acc": acc} for c, acc in cells.items()}}}}}
+        "params": {"params.yaml": {"data": {**PARAMS, "norm": norm, "weights": weights}}},
+        "metrics": {"metrics.json": {"data": {c: cell(acc) if not isinstance(acc, dict) else acc
+                                              for c, acc in cells.items()}}}}}
 
 
+BASE = {"resnet18-cifar10-1": 0.90, "resnet18-cifar10-2": 0.91, "resnet18-cifar10-3": 0.92}
+MINMAX = {"resnet18-cifar10-1": 0.95, "resnet18-cifar10-2": 0.96, "resnet18-cifar10-3": 0.98}
+NONE = {"resnet18-cifar10-4": 0.905, "resnet18-cifar10-5": 0.915, "resnet18-cifar10-6": 0.9}
 SHOW = [
     {"rev": "workspace", "data": {}},
-    {**exp_entry("aaa", "main", "dataset", {"resnet18-cifar10-1": 0.90, "resnet18-cifar10-2": 0.91,
-                                            "resnet18-cifar10-3": 0.92}),
+    {**exp_entry("aaa", "main", "dataset", BASE),
      "experiments": [
-         {"name": "e1", "revs": [exp_entry("bbb", "e1", "minmax", {
-             "resnet18-cifar10-1": 0.95, "resnet18-cifar10-2": 0.96, "resnet18-cifar10-3": 0.97,
-             "resnet18-cifar10-9": 0.5})]},
-         {"name": "e2", "revs": [exp_entry("ccc", "e2", "none", {
-             "resnet18-cifar10-1": 0.905, "resnet18-cifar10-2": 0.915, "resnet18-cifar10-3": 0.9})]},
+         {"name": "e1", "revs": [exp_entry("bbb", "e1", "minmax", MINMAX)]},
+         {"name": "e2", "revs": [exp_entry("ccc", "e2", "none", NONE)]},
      ]},
 ]
+NO_PAIRS = lambda m, d: lambda *a: pytest.fail("no McNemar expected")  # noqa: E731
 
 
-def test_exp_show_is_grouped_by_setting_and_tables_hold_the_numbers():
-    runs = parse_exp_show(SHOW)
-    assert [r.name for r in runs] == ["main", "e1", "e2"]
-    cells = select(runs, PARAMS).cells
-    base = "norm=dataset weights=scratch"
-    result = tables(cells, base, pair_loader=lambda m, d: lambda *a: None)
-    t2 = result["table2"]
-    assert t2.loc[("resnet18", base), "cifar10"] == "91.00 ± 1.00"
-    minmax = t2.loc[("resnet18", "norm=minmax weights=scratch"), "cifar10"]
-    # every minmax seed counts, seed 9 included
-    values = np.array([0.95, 0.96, 0.97, 0.5])
-    assert minmax.startswith(f"{values.mean() * 100:.2f} ± {values.std(ddof=1) * 100:.2f} "
-                             f"[red:{(values.mean() - 0.91) * 100:+.2f}]")
+def result_of(show=SHOW):
+    cells = select(parse_exp_show(show), PARAMS).cells
+    return cells, tables(cells, "dataset", NO_PAIRS)
+
+
+def test_same_seeds_are_paired_other_seeds_welch_and_holm_corrects_the_page():
+    cells, result = result_of()
     tests = result["tests"].set_index("setting")
-    p_none = welch(np.array([0.90, 0.91, 0.92]), np.array([0.905, 0.915, 0.9]))
-    assert tests.loc["norm=none weights=scratch", "p"] == pytest.approx(p_none, abs=1e-4)
-    assert tests.loc["norm=none weights=scratch", "test"] == "Welch"
-    t3 = result["table3"]
-    assert t3.loc[("resnet18", base), "cifar10"] == "**91.00 ± 1.00**"  # the best mean
-    text = " ".join(verdicts(result["tests"], base))
-    assert "not significantly different: " in text and "norm=none weights=scratch on resnet18" in text
+    minmax, none = tests.loc["norm=minmax weights=scratch"], tests.loc["norm=none weights=scratch"]
+    p_pair = scipy.stats.ttest_rel([0.95, 0.96, 0.98], [0.90, 0.91, 0.92]).pvalue
+    p_welch = scipy.stats.ttest_ind([0.905, 0.915, 0.9], [0.90, 0.91, 0.92],
+                                    equal_var=False).pvalue
+    assert minmax.test == "paired t" and minmax.p == pytest.approx(p_pair, rel=1e-12)
+    assert none.test == "Welch" and none.p == pytest.approx(p_welch, rel=1e-12)
+    # Holm over the two: the smaller p doubled, the larger kept (and never below the smaller).
+    lo, hi = sorted([p_pair, p_welch])
+    assert sorted(tests["p (Holm)"]) == pytest.approx([min(1, 2 * lo), max(min(1, 2 * lo), hi)])
+    assert minmax.verdict == "better" and none.verdict == "no significant difference"
+    assert minmax.baseline == "norm=dataset weights=scratch"
+    assert minmax["delta (points)"] == round((np.mean([0.95, 0.96, 0.98]) - 0.91) * 100, 2)
 
 
-def test_commits_with_one_metrics_file_per_cell_are_read_too():
-    old = {"rev": "old", "name": "old", "data": {
-        "params": {"params.yaml": {"data": {"norm": "none", "weights": "scratch"}}},
-        "metrics": {"metrics/resnet18-digits-223.json": {"data": {"best_acc": 0.9}},
-                    "metrics/resnet18-shapes-223.json": {"data": {"error": "broken"}}}}}
-    (run,) = parse_exp_show([old])
-    assert run.cells == {("resnet18", "digits", 223): {"best_acc": 0.9}}
+def test_table2_holds_final_accuracy_with_delta_and_the_adjusted_mark():
+    _, result = result_of()
+    t2 = result["table2"]
+    assert t2.loc[("resnet18", "norm=dataset weights=scratch"), "cifar10"] == "91.00 ± 1.00"
+    values = np.array([0.95, 0.96, 0.98])
+    minmax = t2.loc[("resnet18", "norm=minmax weights=scratch"), "cifar10"]
+    assert minmax == (f"{values.mean() * 100:.2f} ± {values.std(ddof=1) * 100:.2f} "
+                      f"[green:{(values.mean() - 0.91) * 100:+.2f}] (**)")
+    assert t2.loc[("resnet18", "norm=none weights=scratch"), "cifar10"].endswith("(n.s.)")
+    assert result["table3"].loc[("resnet18", "norm=minmax weights=scratch"), "cifar10"] \
+        .startswith("**")  # the best mean in bold
+    # The original study's figure is kept, from best_acc (here final + 0.01).
+    assert result["best"].loc[("resnet18", "norm=dataset weights=scratch"), "cifar10"] \
+        == "92.00 ± 1.00"
+
+
+def test_no_significant_difference_states_what_the_test_could_detect():
+    _, result = result_of()
+    none = result["tests"].set_index("setting").loc["norm=none weights=scratch"]
+    a, b = np.array([0.90, 0.91, 0.92]), np.array([0.905, 0.915, 0.9])
+    se = np.sqrt(a.var(ddof=1) / 3 + b.var(ddof=1) / 3)
+    # Between the normal approximation (1.96 + 0.84) SE and a generous t-based bound.
+    assert 2.8 * se * 100 < none["detectable (points)"] < 6 * se * 100
+    assert none["seeds needed"] > 3
+    text = " ".join(verdicts(result["tests"], "dataset", ["norm=dataset weights=scratch",
+                                                          "norm=none weights=scratch"]))
+    assert (f"could detect {none['detectable (points)']:.2f} points with 80% power, the observed "
+            f"{none['delta (points)']:+.2f} would need {int(none['seeds needed'])} seeds") in text
+
+
+def test_zero_variance_gets_words_not_p_zero():
+    same = {"resnet18-cifar10-1": 0.90, "resnet18-cifar10-2": 0.90}
+    show = [exp_entry("a", "a", "dataset", same), exp_entry("b", "b", "minmax", same)]
+    _, result = result_of(show)
+    row = result["tests"].iloc[0]
+    assert row.p is None and row["p (Holm)"] is None and row.verdict == "no difference"
+    assert "identical in every seed" in row.note
+
+
+def test_pretrained_settings_are_compared_with_the_baseline_norm_pretrained():
+    show = [exp_entry("a", "a", "dataset", BASE), exp_entry("b", "b", "minmax", MINMAX,
+                                                             weights="imagenet")]
+    cells, result = result_of(show)
+    assert result["tests"].empty  # never against the scratch baseline
+    lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
+    assert lines == ["No runs of the baseline norm=dataset weights=imagenet: no setting with "
+                     "weights=imagenet is compared (none against a substitute)."]
+    show.append(exp_entry("c", "c", "dataset", BASE | {"resnet18-cifar10-3": 0.93},
+                          weights="imagenet"))
+    _, result = result_of(show)
+    (row,) = result["tests"].to_dict("records")
+    assert row["baseline"] == "norm=dataset weights=imagenet" and row["test"] == "paired t"
+
+
+def test_cells_that_did_not_learn_carry_no_verdict():
+    flop = {**MINMAX, "resnet18-cifar10-2": cell(0.1, learned=False)}
+    show = [exp_entry("a", "a", "dataset", BASE), exp_entry("b", "b", "minmax", flop)]
+    _, result = result_of(show)
+    row = result["tests"].iloc[0]
+    assert row.test == "none" and row.p is None and row.verdict == "no test"
+    assert "did not learn" in row.note and "setting seed(s) 2" in row.note
 
 
 def test_single_seed_pairs_use_mcnemar_and_different_seeds_no_test():
-    base = pd.DataFrame({"rev": ["a"], "best_acc": [0.5]}, index=pd.Index([1], name="seed"))
-    other = pd.DataFrame({"rev": ["b"], "best_acc": [0.7]}, index=pd.Index([1], name="seed"))
-    right = np.array([True] * 7 + [False] * 3)
-    c = compare_pair(base, other, lambda ra, rb, seed: (right[::-1].copy(), right))
-    assert c.test == "McNemar" and c.delta == pytest.approx(0.2)
-    moved = other.set_axis(pd.Index([2], name="seed"))
-    assert compare_pair(base, moved, lambda *a: None).test == "none"
+    frame = lambda rev, seed, acc: pd.DataFrame(  # noqa: E731
+        {"rev": [rev], "final_acc": [acc], "learned": [True]}, index=pd.Index([seed], name="seed"))
+    # 10 images both right, 10 both wrong, 1 right only for a, 9 right only for b.
+    a = np.array([True] * 10 + [False] * 10 + [True] + [False] * 9)
+    b = np.array([True] * 10 + [False] * 10 + [False] + [True] * 9)
+    calls = []
+    t = compare_pair(frame("a", 1, 0.5), frame("b", 1, 0.7),
+                     lambda ra, rb, seed: calls.append((ra, rb, seed)) or (a, b))
+    assert calls == [("a", "b", 1)]
+    only_a, only_b = 1, 9
+    assert t.test == "McNemar" and t.delta == pytest.approx(0.2)
+    assert t.p == pytest.approx(scipy.stats.binomtest(only_a, only_a + only_b).pvalue)
+    moved = compare_pair(frame("a", 1, 0.5), frame("b", 2, 0.7), NO_PAIRS("m", "d"))
+    assert moved.test == "none" and moved.p is None
 
 
 def test_write_makes_markdown_and_html_with_colours(tmp_path):
     runs = parse_exp_show(SHOW)
-    base = "norm=dataset weights=scratch"
     selection = select(runs, PARAMS)
-    result = tables(selection.cells, base, pair_loader=lambda m, d: lambda *a: None)
+    result = tables(selection.cells, "dataset", NO_PAIRS)
     weights = WeightSection(["**resnet18 on cifar10**: no difference"], pd.DataFrame(),
                             {"weights_resnet18-cifar10.png": b"\x89PNG fake"})
-    write(tmp_path, base, runs, selection, result, None, None, weights)
+    write(tmp_path, "dataset", runs, selection, result, None, None, weights)
     md = (tmp_path / "README.md").read_text()
     page = (tmp_path / "index.html").read_text()
-    assert "$\\textcolor{red}{" in md and "<span style='color:red'>" in page
-    assert "<b>91.00 ± 1.00</b>" in page and "<script" not in page
+    assert "$\\textcolor{green}{" in md and "<span style='color:green'>" in page
+    assert "<b>96.33 ± 1.53</b>" in page and "<script" not in page
     assert "<b>resnet18 on cifar10</b>: no difference" in page
     assert (tmp_path / "weights_resnet18-cifar10.png").read_bytes() == b"\x89PNG fake"
     assert "![Weights across settings: resnet18-cifar10](weights_resnet18-cifar10.png)" in md
+
+
+def test_left_out_runs_with_one_reason_share_a_line():
+    from normbench.compare import group_left_out
+
+    lines = [f"r{i}, digits: train.epochs=1 (compared: 8)" for i in range(5)]
+    lines += ["x, shapes: ran as cuda bf16 eager (compared: cpu fp32 eager)",
+              "y, shapes: ran as cuda bf16 eager (compared: cpu fp32 eager)"]
+    assert group_left_out(lines) == [
+        "5 runs (r0, r1, r2, ...), digits: train.epochs=1 (compared: 8)",
+        "x, y, shapes: ran as cuda bf16 eager (compared: cpu fp32 eager)"]

@@ -58,9 +58,17 @@ def test_weights_and_device_choices():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="valid choices: auto, cpu, cuda"):
         resolve_device("gpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device; use device: auto or device: cpu"):
-            resolve_device("cuda")
+
+
+def test_cuda_asked_for_on_a_machine_without_cuda(monkeypatch):
+    """Runs everywhere: the machine is made to have no CUDA, whatever it really has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")  # auto falls back to the CPU
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:0"):  # an explicit ask is an error, never a silent CPU run
+        with pytest.raises(ConfigError, match=f"device: {name} asked for, but this machine has "
+                                              "no CUDA device; use device: auto or device: cpu"):
+            resolve_device(name)
 
 
 def test_missing_params_file(tmp_path):

@@ -45,7 +45,9 @@ def test_same_seed_same_initial_weights():
 def test_unknown_model_and_weights():
     with pytest.raises(ConfigError, match="unknown model 'vgg19'; valid choices: resnet18"):
         build_model("vgg19", 10)
-    with pytest.raises(ConfigError, match="valid choices: scratch, imagenet"):
+    with pytest.raises(ConfigError, match="valid choices: scratch, imagenet, pretrained"):
+        build_model("resnet18", 10, weights="random")
+    with pytest.raises(ConfigError, match="weights: pretrained starts from the start@ stage"):
         build_model("resnet18", 10, weights="pretrained")
     with pytest.raises(TypeError, match="expected the classifier nn.Linear"):
         replace_head(build_model("resnet18", 10), "layer1", 3)

@@ -125,3 +125,29 @@ def test_per_image_settings_match_their_definition_in_float64(x):
     span = np.maximum(u.max(axis=(1, 2, 3), keepdims=True) - lo, 1 / 255)
     np.testing.assert_allclose(norm("minmax", torch.from_numpy(x)).numpy(), (u - lo) / span,
                                atol=1e-6)
+
+
+# --- device and dtype of the bound constants (found by mutation testing, `make mutation`) -----
+
+def test_constants_live_on_the_requested_device_and_normalize_follows_the_input():
+    # The meta device stands in for a GPU: constants left on the CPU would make every
+    # constant setting fail there ("Tensor on device cpu is not on the expected device meta").
+    n = Normalizer(NORMALIZATIONS["dataset"], STATS, "meta")
+    assert n.mean.device.type == "meta" and n.std.device.type == "meta"
+    assert n.mean.shape == (1, 3, 1, 1) and n.std.shape == (1, 3, 1, 1)
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8, device="meta")
+    for name in NORMALIZATIONS.names():
+        out = norm(name, x)
+        assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == x.shape
+
+
+def test_constants_are_float32_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        n = Normalizer(NORMALIZATIONS["dataset"], STATS)
+        assert n.mean.dtype == torch.float32 and n.std.dtype == torch.float32
+        x = pixels([[255, 0]], [[51, 102]], [[0, 255]])
+        assert norm("dataset", x).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)

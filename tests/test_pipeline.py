@@ -10,15 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
+import torch
 import yaml
 from conftest import sh, tiny_project
 
 from normbench.dvcqueue import start_queue
 from normbench.grid import check_grid
+from normbench.models import build_model
+from normbench.normalizations import NORMALIZATIONS, normalize
 from normbench.registry import ConfigError
 from normbench.runs import parse_exp_show
+from normbench.stats import read_channel_stats
 
 CELL = "resnet18-shapes-223"
+# Enough images and epochs that both norms compared below learn (final accuracy above chance,
+# checked): only then does the comparison run a test. Three epochs, so that the best epoch can
+# differ from the last (norm=minmax, seed 223: best at epoch 2 on this CPU).
+IMAGES_PER_CLASS, EPOCHS = 100, 3  # 600 images, 120 (20 %) held out for the test split
 pytestmark = pytest.mark.slow
 
 
@@ -27,35 +36,97 @@ def repo(tmp_path_factory) -> Path:
     """The project with a tiny grid, reproduced and committed."""
     repo = tmp_path_factory.mktemp("normbench")
     tiny_project(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = EPOCHS
+    params["data"]["shapes"]["images_per_class"] = IMAGES_PER_CLASS
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline")
     return repo
 
 
-def test_repro_writes_metrics_curves_predictions_and_report(repo):
-    metrics = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
-    assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1
-    assert 0.0 <= metrics["best_acc"] <= 1.0 and metrics["images_per_s"] > 0
-    curve = (repo / "plots" / CELL / "plots" / "metrics" / "test_acc.tsv").read_text().split()
-    assert curve[:2] == ["step", "test_acc"] and curve[2::2] == ["0", "1"]
-    assert float(curve[-1]) == pytest.approx(metrics["best_acc"])
+def section(markdown: str, heading: str) -> str:
+    """The one section of a markdown page whose heading starts with ``heading``."""
+    found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
+    assert len(found) == 1, f"{len(found)} sections named {heading!r}"
+    return found[0]
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``text``, as {column: cell text}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    assert split and set(lines[1]) <= set("|:- "), text  # a header and its rule
+    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
+
+
+def curve(repo: Path, name: str) -> list[float]:
+    """A cell's dvclive curve, one value per epoch (epoch 0: the untrained model)."""
+    text = (repo / "plots" / CELL / "plots" / "metrics" / f"{name}.tsv").read_text().split()
+    assert text[:2] == ["step", name] and text[2::2] == [str(e) for e in range(EPOCHS + 1)]
+    return [float(v) for v in text[3::2]]
+
+
+def check_cell_metrics(repo: Path, metrics: dict) -> None:
+    """The metrics of CELL are what its curves, predictions and labels say, computed here."""
     labels = np.load(repo / "data" / "shapes" / "test_labels.npy")
     preds = np.load(repo / "predictions" / f"{CELL}.npy")
-    assert (preds == labels).mean() == pytest.approx(metrics["best_acc"])
+    acc = curve(repo, "test_acc")
+    assert metrics["epochs"] == EPOCHS and len(preds) == len(labels) == 6 * IMAGES_PER_CLASS // 5
+    correct = int((preds == labels).sum())
+    # final: the last epoch's, in the curve and in the saved predictions (not the best epoch's)
+    assert metrics["final_acc"] == pytest.approx(correct / len(labels))
+    assert metrics["final_acc"] == pytest.approx(acc[-1])
+    assert metrics["final_loss"] == pytest.approx(curve(repo, "test_loss")[-1])
+    # best: the original study's figure, the first epoch >= 1 with the highest test accuracy
+    trained = acc[1:]
+    assert metrics["best_acc"] == pytest.approx(max(trained))
+    assert metrics["best_epoch"] == 1 + trained.index(max(trained))
+    chance = np.bincount(labels).max() / len(labels)
+    assert metrics["chance_acc"] == pytest.approx(chance)
+    p = scipy.stats.binomtest(correct, len(labels), chance, alternative="greater").pvalue
+    assert metrics["above_chance_p"] == pytest.approx(p)
+    assert metrics["learned"] is True, metrics  # the grid above is sized for it: p ~ 1e-3
+    assert metrics["execution"] == "cpu fp32 eager"
+    # throughput over training steps only: at least the train images per second of wall time
+    n_train = 6 * IMAGES_PER_CLASS - len(labels)
+    assert metrics["images_per_s"] >= 0.99 * n_train * EPOCHS / metrics["train_seconds"]
+
+
+def test_repro_writes_metrics_curves_predictions_and_report(repo):
+    metrics = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
+    check_cell_metrics(repo, metrics)
     stats = json.loads((repo / "data" / "stats" / "shapes.json").read_text())
-    assert stats["n_images"] == 38  # 48 images, 10 (20 %, rounded up) held out for the test split
+    assert stats["n_images"] == 6 * IMAGES_PER_CLASS * 4 // 5  # the train split
     page = (repo / "report" / "index.html").read_text()
     assert "<h1>normbench report</h1>" in page and "data:image/png;base64," in page
-    assert f"{metrics['best_acc'] * 100:.2f}" in (repo / "report" / "README.md").read_text()
+    readme = (repo / "report" / "README.md").read_text()
+    assert f"{metrics['final_acc'] * 100:.2f}" in section(readme, "Final test accuracy (%)")
+    assert f"{metrics['best_acc'] * 100:.2f}" in section(readme, "Best test accuracy (%)")
     assert "<script" not in page
     assert (repo / "report" / "accuracy_history.png").read_bytes()[:4] == b"\x89PNG"
-    assert (repo / "checkpoints" / f"{CELL}.pt").is_file()
     summary = json.loads((repo / "weightdist" / CELL / "summary.json").read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1]
+    assert [e["epoch"] for e in summary["epochs"]] == list(range(EPOCHS + 1))
     assert summary["epochs"][0]["first_conv"]["drift"] == 0.0
-    assert metrics["drift_first_conv"] == summary["epochs"][1]["first_conv"]["drift"] > 0
-    assert f"weights_{CELL}.png" in (repo / "report" / "README.md").read_text()
+    assert metrics["drift_first_conv"] == summary["epochs"][-1]["first_conv"]["drift"] > 0
+    assert f"weights_{CELL}.png" in readme
+    # The checkpoint holds the last epoch's weights: those the weight snapshot of the last epoch
+    # kept, and they give the saved predictions again.
+    checkpoint = torch.load(repo / "checkpoints" / f"{CELL}.pt", weights_only=False)
+    state = checkpoint["state_dict"]
+    with np.load(repo / "weightdist" / CELL / "samples.npz") as z:
+        kept, index = z["first_conv_samples"], z["first_conv_indices"]
+    conv1 = state["conv1.weight"].flatten().numpy()[index]
+    assert np.array_equal(conv1, kept[-1]) and not np.array_equal(conv1, kept[0])
+    model = build_model("resnet18", 6)
+    model.load_state_dict(state)
+    images = torch.from_numpy(np.load(repo / "data" / "shapes" / "test_images.npy"))
+    x = normalize(images.permute(0, 3, 1, 2).contiguous(), NORMALIZATIONS["dataset"],
+                  read_channel_stats(stats))
+    with torch.no_grad():
+        again = model.eval()(x).argmax(1).numpy()
+    assert np.array_equal(again, np.load(repo / "predictions" / f"{CELL}.npy"))
 
 
 def test_plots_show_has_accuracy_and_loss_per_cell(repo):
@@ -64,26 +135,31 @@ def test_plots_show_has_accuracy_and_loss_per_cell(repo):
     titles = set(out["data"])
     assert {"Test accuracy", "Test loss", "Weight drift, first conv"} <= titles
     values = out["data"]["Test accuracy"][0]["content"]["data"]["values"]
-    assert {v["cell"] for v in values} == {CELL} and len(values) == 2
+    assert {v["cell"] for v in values} == {CELL} and len(values) == EPOCHS + 1
 
 
 def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     baseline = (repo / "metrics" / f"{CELL}.json").read_text()
+    base = json.loads(baseline)
+    labels = np.load(repo / "data" / "shapes" / "test_labels.npy")
+    base_preds = np.load(repo / "predictions" / f"{CELL}.npy")
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=minmax")
     assert f"Running stage 'train@{CELL}'" in out
     assert "Running stage 'download@shapes'" not in out  # only the cells depend on norm
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
-    change = diff["metrics.json"][f"{CELL}.best_acc"]  # per cell, from the git-tracked summary
-    assert change["old"] == json.loads(baseline)["best_acc"]
     minmax = json.loads((repo / "metrics" / f"{CELL}.json").read_text())
-    assert change["new"] == minmax["best_acc"]
+    check_cell_metrics(repo, minmax)
+    minmax_preds = np.load(repo / "predictions" / f"{CELL}.npy")
+    assert not np.array_equal(minmax_preds, base_preds)  # another norm, another model
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    change = diff["metrics.json"][f"{CELL}.final_acc"]  # per cell, from the git-tracked summary
+    assert change["old"] == base["final_acc"] and change["new"] == minmax["final_acc"]
     summary = json.loads((repo / "metrics.json").read_text())
     assert summary[CELL] == minmax  # and the mean over seeds, what a delta should be read on
     assert summary["resnet18-shapes"] == {"n_seeds": 1, "best_acc_mean": minmax["best_acc"],
                                           "final_acc_mean": minmax["final_acc"],
                                           "drift_first_conv_mean": minmax["drift_first_conv"],
                                           "drift_deep_conv_mean": minmax["drift_deep_conv"]}
-    mean = diff["metrics.json"]["resnet18-shapes.best_acc_mean"]
+    mean = diff["metrics.json"]["resnet18-shapes.final_acc_mean"]
     assert mean["old"] == change["old"] and mean["new"] == change["new"]
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
@@ -94,17 +170,38 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     env_out = sh(repo, "env", f"PYTHONPATH={repo / 'src'}", sys.executable, "-m",
                  "normbench.compare", "--out", "compare")
     assert "compare/index.html" in env_out
-    table = (repo / "compare" / "README.md").read_text()
-    base_acc = json.loads(baseline)["best_acc"] * 100
-    delta = minmax["best_acc"] * 100 - base_acc
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-            if line.startswith("| resnet18")]
-    assert ["resnet18", "norm=dataset weights=scratch", f"{base_acc:.2f}"] in rows  # Table 2
+    page = (repo / "compare" / "README.md").read_text()
+    base_acc, minmax_acc = base["final_acc"] * 100, minmax["final_acc"] * 100
+    delta = minmax_acc - base_acc
+    table2 = {r["setting"]: r for r in table_rows(section(page, "Table 2: final test accuracy"))}
+    assert set(table2) == {"norm=dataset weights=scratch", "norm=minmax weights=scratch"}
+    assert table2["norm=dataset weights=scratch"]["shapes"] == f"{base_acc:.2f}"
     colour = "green" if delta > 0 else "red"
-    minmax_row = next(r for r in rows if r[1] == "norm=minmax weights=scratch")
-    assert minmax_row[2].startswith(
-        f"{minmax['best_acc'] * 100:.2f} $\\textcolor{{{colour}}}{{{delta:+.2f}}}$ (")
-    assert "McNemar" in table and "**shapes**:" in table
+    assert table2["norm=minmax weights=scratch"]["shapes"].startswith(
+        f"{minmax_acc:.2f} $\\textcolor{{{colour}}}{{{delta:+.2f}}}$ (")
+
+    # One seed each, the same one: McNemar's exact test on the two runs' per-image outcomes,
+    # worked out here from the saved predictions (a binomial test on the discordant images).
+    right_base, right_minmax = base_preds == labels, minmax_preds == labels
+    only_base = int(np.sum(right_base & ~right_minmax))
+    only_minmax = int(np.sum(~right_base & right_minmax))
+    discordant = only_base + only_minmax
+    p = scipy.stats.binomtest(only_base, discordant, 0.5).pvalue if discordant else 1.0
+    tests = table_rows(section(page, "Tests"))
+    assert len(tests) == 1, tests  # one comparison: minmax against the baseline norm
+    row = tests[0]
+    assert (row["model"], row["dataset"], row["setting"], row["baseline"], row["test"]) == (
+        "resnet18", "shapes", "norm=minmax weights=scratch", "norm=dataset weights=scratch",
+        "McNemar")
+    assert row["p"] == f"{p:.3g}" and row["p (Holm)"] == f"{p:.3g}"  # a family of one
+    assert float(row["delta (points)"]) == pytest.approx(delta, abs=0.006)
+    verdict = ("no significant difference" if p >= 0.05 else "better" if delta > 0 else "worse")
+    assert row["verdict"] == verdict
+    lines = [line for line in section(page, "What differs").splitlines()
+             if line.startswith("**shapes**: ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"**shapes**: norm=minmax weights=scratch on resnet18: {verdict} ({delta:+.2f} points"
+        f", McNemar p={p:.3g}, Holm-adjusted {p:.3g}"), lines
     assert (repo / "compare" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
 
 

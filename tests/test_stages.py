@@ -3,7 +3,6 @@
 import time
 
 import pytest
-import torch
 import yaml
 from conftest import run_stage
 
@@ -13,6 +12,7 @@ CELL = "resnet18-digits-223"
 def train_args(tmp_path):
     return ["--model", "resnet18", "--dataset", "digits", "--seed", "223",
             "--data", "data/digits", "--stats", "data/stats/digits.json",
+            "--start", "starts/resnet18.pt",
             "--metrics", f"metrics/{CELL}.json", "--live", f"plots/{CELL}",
             "--predictions", f"predictions/{CELL}.npy", "--checkpoint", f"checkpoints/{CELL}.pt",
             "--weightdist", f"weightdist/{CELL}"]
@@ -53,12 +53,13 @@ def test_train_rejects_bad_input_before_training(project, tmp_path, changes, mes
     assert not any((tmp_path / d).exists() for d in ("plots", "checkpoints", "weightdist"))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
-def test_train_on_cuda_without_cuda_names_the_alternatives(project, tmp_path):
+def test_train_on_cuda_without_cuda_names_the_alternatives(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the stage's process sees no CUDA device
     proc = run_stage(project(device="cuda"), "train", *train_args(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert ("device: cuda asked for, but this machine has no CUDA device; use device: auto or "
             "device: cpu") in proc.stderr
+    assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
 
 
 def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):

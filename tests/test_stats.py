@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from normbench.normalizations import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, ChannelStats
-from normbench.stats import channel_stats, normalized_stats, stats_table
+from normbench.stats import channel_stats, normalized_stats, read_channel_stats, stats_table
 
 
 @pytest.fixture
@@ -57,3 +57,11 @@ def test_cifar10_like_input_gives_published_style_imagenet_shift():
     after = normalized_stats(img, NORMALIZATIONS["imagenet"], ChannelStats((0,) * 3, (1,) * 3))
     np.testing.assert_allclose(after.mean, 0, atol=0.01)
     np.testing.assert_allclose(after.std, 0, atol=1e-6)
+
+
+def test_the_stats_record_round_trips(images):
+    table = stats_table(images)
+    u = images.astype(np.float64) / 255
+    np.testing.assert_allclose(table["std"], u.std(axis=(0, 1, 2)), rtol=1e-9)
+    back = read_channel_stats(table)
+    assert back.mean == tuple(table["mean"]) and back.std == tuple(table["std"])

@@ -1,17 +1,25 @@
 """`make study` end to end on a tiny configuration: interrupted, resumed, a failing experiment
 reported without stopping the others, and a third run that has nothing left to do."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import ROOT, tiny_project
+import scipy.stats
+import yaml
+from conftest import ROOT, sh, tiny_project
 
 pytestmark = pytest.mark.slow
-STUDY = ["--norms", "dataset", "minmax", "--seeds", "1", "2", "--set", "train.epochs=1"]
+# Enough images and epochs that every cell learns (final accuracy above chance, checked), so
+# that the comparison runs its tests: seeds 1 and 2 reach 0.29-0.49 here, chance is 0.17.
+STUDY = ["--norms", "dataset", "minmax", "--seeds", "1", "2", "--set", "train.epochs=4"]
+IMAGES_PER_CLASS = 100
+SETTINGS = ("norm=dataset weights=scratch", "norm=minmax weights=scratch")
 
 
 def study(repo: Path, *args: str, **kwargs) -> subprocess.Popen:
@@ -28,10 +36,55 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def section(markdown: str, heading: str) -> str:
+    """The one section of a markdown page whose heading starts with ``heading``."""
+    found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
+    assert len(found) == 1, f"{len(found)} sections named {heading!r}"
+    return found[0]
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``text``, as {column: cell text}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    assert split and set(lines[1]) <= set("|:- "), text  # a header and its rule
+    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
+
+
+def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
+    """{setting: {seed: metrics of resnet18-shapes-<seed>}} of every finished experiment, read
+    from `dvc exp show --json` here (not through normbench)."""
+    found: dict[str, dict[int, dict]] = {}
+    for entry in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+                metrics = ((data.get("metrics") or {}).get("metrics.json") or {}).get("data")
+                if not (params and metrics):  # a failed experiment
+                    continue
+                setting = f"norm={params['norm']} weights={params['weights']}"
+                for seed in params["seeds"]:
+                    found.setdefault(setting, {})[seed] = metrics[f"resnet18-shapes-{seed}"]
+    return found
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's adjusted p for two tests: the smaller times 2, the larger at least that."""
+    assert len(ps) == 2
+    low, high = sorted(ps)
+    adjusted = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+    return [adjusted[p] for p in ps]
+
+
 def test_study_resumes_reports_failures_and_compares(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     tiny_project(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["shapes"]["images_per_class"] = IMAGES_PER_CLASS
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "commit", "-qam", "more images")
 
     # 1. Interrupted (Ctrl-C) once the first cell has finished and the second one started.
     proc = study(repo, *STUDY)
@@ -52,6 +105,7 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     code, out = finish(study(repo, *STUDY, "--weights", "scratch", "imagenet", "--jobs", "2"))
     assert code == 1, out
     assert "4 experiments (2 norms x 2 weights)" in out and "0 already done, 4 to run" in out
+    assert "baseline: norm=dataset, against every setting with the same weights" in out
     failed = [line for line in out.splitlines() if line.startswith("study: experiment ")]
     assert len(failed) == 2 and all("-imagenet-" in f and " failed: " in f for f in failed), out
     log = Path(failed[0].split(" failed: ")[1])
@@ -64,15 +118,52 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     assert "Stage 'train@resnet18-shapes-1' is cached - skipping run" in text  # not retrained
     assert "Running stage 'train@resnet18-shapes-2'" in text
 
+    # The comparison, checked against the per-seed metrics of both experiments.
+    runs = cell_metrics(repo)
+    assert set(runs) == set(SETTINGS) and all(set(runs[s]) == {1, 2} for s in SETTINGS), runs
+    assert all(m["learned"] for s in SETTINGS for m in runs[s].values()), runs  # else no test
+    final = {s: [runs[s][seed]["final_acc"] for seed in (1, 2)] for s in SETTINGS}
     page = (repo / "compare" / "README.md").read_text()
-    for setting in ("norm=dataset weights=scratch", "norm=minmax weights=scratch"):
-        assert setting in page
-    assert " ± " in page and "Welch" in page
-    assert "train.epochs" in page  # the params held fixed are stated
-    weights = page.split("## What normalization does to the weights")[1].split("## ")[0]
+    table2 = {r["setting"]: r for r in table_rows(section(page, "Table 2: final test accuracy"))}
+    assert set(table2) == set(SETTINGS)
+    base = np.array(final[SETTINGS[0]])
+    assert table2[SETTINGS[0]]["shapes"] == (f"{base.mean() * 100:.2f} ± "
+                                             f"{base.std(ddof=1) * 100:.2f}")
+    assert "train.epochs" in section(page, "Held fixed")  # the params held fixed are stated
+    # Both settings ran seeds 1 and 2: the paired t-test over seeds, the only test of the page.
+    p = scipy.stats.ttest_rel(final[SETTINGS[1]], final[SETTINGS[0]]).pvalue
+    delta = (np.mean(final[SETTINGS[1]]) - np.mean(final[SETTINGS[0]])) * 100
+    tests = table_rows(section(page, "Tests"))
+    assert len(tests) == 1, tests
+    row = tests[0]
+    assert (row["setting"], row["baseline"], row["test"]) == (*SETTINGS[::-1], "paired t")
+    assert row["p"] == f"{p:.3g}" and row["p (Holm)"] == f"{p:.3g}"  # a family of one
+    assert float(row["delta (points)"]) == pytest.approx(delta, abs=0.006)
+    verdict = ("no significant difference" if p >= 0.05 else "better" if delta > 0 else "worse")
+    assert row["verdict"] == verdict
+    assert float(row["detectable (points)"]) > 0  # what this test could have found
+    assert f"**shapes**: {SETTINGS[1]} on resnet18: {verdict} ({delta:+.2f} points, paired t " \
+        f"p={p:.3g}, Holm-adjusted {p:.3g}" in section(page, "What differs")
+
+    # The weights: the final drift over seeds, paired t, Holm over both watched layers; the
+    # Wasserstein-1 permutation p is shown as a description only.
+    weights = section(page, "What normalization does to the weights")
+    drift = {role: {s: [runs[s][seed][f"drift_{role}"] for seed in (1, 2)] for s in SETTINGS}
+             for role in ("first_conv", "deep_conv")}
+    ps = [scipy.stats.ttest_rel(d[SETTINGS[1]], d[SETTINGS[0]]).pvalue for d in drift.values()]
+    rows = {r["layer"]: r for r in table_rows(weights) if r["setting"] == SETTINGS[1]}
+    layers = ["first conv (conv1)", "deeper conv (layer4.1.conv2)"]  # in the order of ``drift``
+    assert set(rows) == set(layers), rows
+    for layer, raw, adjusted in zip(layers, ps, holm(ps)):
+        row = rows[layer]
+        assert (row["reference"], row["test"]) == (SETTINGS[0], "paired t"), row
+        assert row["p"] == f"{raw:.3g}" and row["p (Holm)"] == f"{adjusted:.3g}", row
+        assert 0 < float(row["permutation p (described)"]) <= 1, row
+    first = drift["first_conv"]
     assert "**resnet18 on shapes, first conv (conv1)**, against norm=dataset" in weights
-    assert "minmax (final drift " in weights
-    assert "Welch p=" in weights and "permutation p=" in weights
+    assert (f"minmax (final drift {np.mean(first[SETTINGS[1]]) * 100:.3g} % vs "
+            f"{np.mean(first[SETTINGS[0]]) * 100:.3g} %, paired t p={ps[0]:.3g}, "
+            f"Holm-adjusted {holm(ps)[0]:.3g})") in weights
     assert (repo / "compare" / "weights_resnet18-shapes.png").read_bytes()[:4] == b"\x89PNG"
 
     # 3. Nothing left to do for the scratch study: nothing is queued, the comparison is rewritten.

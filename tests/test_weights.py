@@ -90,9 +90,13 @@ def test_download_with_a_wrong_hash_leaves_nothing(torch_home, http_server):
 
 
 def test_unknown_version_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown weights_version 'V9' for resnet50; valid "
-                                          "choices: IMAGENET1K_V1, IMAGENET1K_V2"):
+    with pytest.raises(ConfigError, match=r"unknown ImageNet weights version 'V9' for resnet50 "
+                                          r"\(start.imagenet\); valid choices: IMAGENET1K_V1, "
+                                          "IMAGENET1K_V2"):
         W.weights_entry("resnet50", "V9")
+    # vgg16's feature-extractor weights have no trained classifier: not a choice.
+    with pytest.raises(ConfigError, match="for vgg16 .*valid choices: IMAGENET1K_V1$"):
+        W.weights_entry("vgg16", "IMAGENET1K_FEATURES")
     for name in MODELS:  # the default version exists for every registered model
         assert W.weights_entry(name, "IMAGENET1K_V1").url.endswith(".pth")
 
@@ -103,7 +107,12 @@ def test_prefetch_fills_the_cache(torch_home, http_server, monkeypatch):
     base, served = http_server
     path, _ = fake_weights_file("resnet18", served)
     trust(monkeypatch, path)
-    fetch_weights.prefetch(["resnet18"], "IMAGENET1K_V1", base)
+    imagenet = {"version": "IMAGENET1K_V1", "versions": {"resnet50": "IMAGENET1K_V2"}}
+    fetch_weights.prefetch(["resnet18"], imagenet, base)
     assert W.cache_path(W.weights_entry("resnet18", "IMAGENET1K_V1")).is_file()
     with pytest.raises(ConfigError, match="unknown model 'resnet19'"):
-        fetch_weights.prefetch(["resnet19"], "IMAGENET1K_V1", base)
+        fetch_weights.prefetch(["resnet19"], imagenet, base)
+    # A version that one model lacks stops before anything is downloaded.
+    with pytest.raises(ConfigError, match="'IMAGENET1K_V2' for resnet18"):
+        fetch_weights.prefetch(["resnet50", "resnet18"], {**imagenet, "version": "IMAGENET1K_V2"},
+                               base)

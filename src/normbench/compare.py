@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from normbench.io import read_json, run_main
-from normbench.normalizations import NORMALIZATIONS
+from normbench.pretrain import PRETRAINING, check_norm
 from normbench.registry import ConfigError
 from normbench.weightdist import ROLES
 from normbench.grid import cell_name
@@ -136,16 +136,22 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     for model in models:
         for dataset in datasets:
             for setting in settings:
-                reference = baseline_of(setting, baseline)
-                group, base = (_group(cells, s, model, dataset) for s in (setting, reference))
-                if setting != reference and group is not None and base is not None:
-                    found.append((model, dataset, setting, reference,
-                                  compare_pair(base, group, pair_loader(model, dataset))))
+                # Against the baseline norm; pretrained ones also against the matched pairing.
+                for ref_norm in dict.fromkeys([baseline] + ([PRETRAINING] if " pretrain=" in
+                                                            setting else [])):
+                    reference = baseline_of(setting, ref_norm)
+                    group, base = (_group(cells, s, model, dataset) for s in (setting, reference))
+                    if setting != reference and group is not None and base is not None:
+                        found.append((model, dataset, setting, reference,
+                                      compare_pair(base, group, pair_loader(model, dataset))))
     adjusted = correct([t for *_, t in found])
     table2, rows = {}, []
+    marks = {}
     for (model, dataset, setting, reference, t), adj in zip(found, adjusted):
         colour = "green" if t.delta > 0 else "red"
-        table2[(model, setting, dataset)] = f" [{colour}:{t.delta * 100:+.2f}]{mark(t, adj)}"
+        marks[(model, dataset, setting, reference)] = f" [{colour}:{t.delta * 100:+.2f}]{mark(t, adj)}"
+        if reference == baseline_of(setting, baseline):
+            table2[(model, setting, dataset)] = marks[(model, dataset, setting, reference)]
         rows.append({"model": model, "dataset": dataset, "setting": setting,
                      "baseline": reference, "test": t.test,
                      "delta (points)": round(t.delta * 100, 2), "p": t.p, "p (Holm)": adj,
@@ -164,8 +170,33 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
                                     + table2.get((model, setting, dataset), ""))
             t2.append(row)
     return {"table2": pd.DataFrame(t2).set_index(["model", "setting"]),
+            "mismatch": mismatch_table(cells, marks),
             "table3": side_by_side(cells, VERDICT_FIGURE),
             "best": side_by_side(cells, "best_acc"), "tests": pd.DataFrame(rows)}
+
+
+def mismatch_table(cells: pd.DataFrame, marks: dict) -> pd.DataFrame:
+    """The pipeline's own pretraining: rows pretraining norm, columns fine-tuning norm.
+
+    Each cell: final accuracy mean ± std over seeds, and its delta and mark against the matched
+    pairing of its row (``norm=pretraining``: the pretraining's own norm and statistics).
+    """
+    rows = []
+    for (setting, model, dataset), group in cells.groupby(level=["setting", "model", "dataset"]):
+        parts = weightcompare.parse_setting(setting)
+        if "pretrain" not in parts:
+            continue
+        matched = baseline_of(setting, PRETRAINING)
+        rows.append({"model": model, "dataset": dataset, "pretrained with": parts["pretrain"],
+                     "fine-tuned with": parts["norm"],
+                     "value": mean_pm_std(group[VERDICT_FIGURE])
+                     + marks.get((model, dataset, setting, matched), "")})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).pivot(index=["model", "dataset", "pretrained with"],
+                                     columns="fine-tuned with", values="value")
+    table.columns.name = None
+    return table
 
 
 def side_by_side(cells: pd.DataFrame, figure: str) -> pd.DataFrame:
@@ -281,6 +312,17 @@ def _table(df: pd.DataFrame, html_out: bool) -> str:
     return df.to_markdown(disable_numparse=True, index=False)
 
 
+def group_left_out(left_out: list[str]) -> list[str]:
+    """"<run>, <dataset>: <why>" lines, runs with the same dataset and reason on one line."""
+    runs: dict[str, list[str]] = {}
+    for line in left_out:
+        run, _, rest = line.partition(", ")
+        runs.setdefault(rest, []).append(run)
+    return [f"{', '.join(names)}, {rest}" if len(names) < 4 else
+            f"{len(names)} runs ({', '.join(names[:3])}, ...), {rest}"
+            for rest, names in runs.items()]
+
+
 def _format_tests(tests: pd.DataFrame) -> pd.DataFrame:
     """The tests table with p shown to 3 significant digits (the verdicts used them unrounded)."""
     if tests.empty:
@@ -334,8 +376,10 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
     lines = verdicts(result["tests"], baseline, list(selection.cells.index.unique("setting")))
     settings = sorted(selection.cells.index.unique("setting"))
     used = sorted(set(selection.cells.run))
-    left = ("\n\n".join(["Left out, because a param that changes what a cell learns differs:",
-                          *selection.left_out]) if selection.left_out else "None left out.")
+    left = ("\n\n".join(["Left out, because what a cell learns from differs (params, code, "
+                          "data or execution) or its dvc.lock is stale:",
+                          *group_left_out(selection.left_out)])
+            if selection.left_out else "None left out.")
     sections = [
         ("Runs", f"{len(used)} of {len(runs)} commits and experiments compared: "
          f"{', '.join(used)}. Settings: " + "; ".join(settings) + ".", None),
@@ -358,6 +402,12 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          "t-test over seeds when both settings ran the same seeds, Welch's t-test otherwise, "
          "McNemar's exact test on the test predictions for one shared seed.",
          result["table2"]),
+        ("Pretraining norm against fine-tuning norm",
+         "The pipeline's own pretraining (weights: pretrained): rows the norm the weights were "
+         "pretrained with, columns the norm of fine-tuning; final test accuracy (%), mean ± std "
+         "over seeds, and the delta and Holm-adjusted mark against the matched pairing of the "
+         "row (norm: pretraining, i.e. the pretraining's own norm and statistics).",
+         result["mismatch"]),
         ("Table 3: every setting side by side", "Final test accuracy (%); best mean per model "
          "and dataset in bold.", result["table3"]),
         ("The original study's figure: best test accuracy (%)",
@@ -435,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
                           + " | ".join(selection.left_out) + ". Use --like <run> to compare "
                           "runs like another one")
     cells = selection.cells
-    NORMALIZATIONS.check(args.baseline)
+    check_norm(args.baseline)
     result = tables(cells, args.baseline, prediction_loader(repo))
     stats_dir = repo / "data" / "stats"
     stats = {p.stem: read_json(p, "statistics", "") for p in sorted(stats_dir.glob("*.json"))}

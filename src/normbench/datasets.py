@@ -92,6 +92,45 @@ def make_shapes(images_per_class: int, test_fraction: float, seed: int,
     return _stratified(images, labels, list(SHAPES), test_fraction, seed)
 
 
+GRATING_ANGLES = 8  # orientations, 22.5 degrees apart
+GRATING_PERIODS = (4.0, 9.0)  # wavelengths in pixels at 32 px: fine and coarse stripes
+
+
+def grating_classes() -> list[str]:
+    return [f"{round(180 * a / GRATING_ANGLES)}deg-{int(p)}px"
+            for p in GRATING_PERIODS for a in range(GRATING_ANGLES)]
+
+
+def make_gratings(images_per_class: int, test_fraction: float, seed: int,
+                  image_size: int = 32) -> Arrays:
+    """A seeded pretraining source: oriented stripes (16 classes = 8 angles x 2 wavelengths).
+
+    Each image blends two random colours by a sinusoid of its class's angle and wavelength, with
+    a random phase, a random soft disk of a third colour on top, and pixel noise. Telling its
+    classes apart needs oriented edge and frequency detectors, the features that digit strokes
+    and shape outlines are made of, while no image looks like a digit or a shape.
+    """
+    rng = np.random.default_rng(seed)
+    classes = grating_classes()
+    n = images_per_class * len(classes)
+    labels = np.repeat(np.arange(len(classes)), images_per_class)
+    angle = (labels % GRATING_ANGLES) * np.pi / GRATING_ANGLES + rng.normal(0, 0.05, n)
+    period = np.array(GRATING_PERIODS)[labels // GRATING_ANGLES] * image_size / 32
+    yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float64)
+    along = (np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi * along / period[:, None, None] + phase)  # 0..1
+    a, b, c = (rng.uniform(0, 1, (n, 1, 1, 3)) for _ in range(3))
+    pixels = a + (b - a) * wave[..., None]
+    centre = rng.uniform(0, image_size, (n, 2))
+    radius = rng.uniform(0.1, 0.3, (n, 1, 1)) * image_size
+    d2 = (xx - centre[:, 0, None, None]) ** 2 + (yy - centre[:, 1, None, None]) ** 2
+    blob = np.exp(-d2 / (2 * radius**2))[..., None] * rng.uniform(0, 0.8, (n, 1, 1, 1))
+    pixels = pixels * (1 - blob) + c * blob + rng.normal(0, 0.04, pixels.shape)
+    images = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+    return _stratified(images, labels, classes, test_fraction, seed)
+
+
 def _real(loaded: tuple[Split, Split, list[str]]) -> Arrays:
     train, test, classes = loaded
     return Arrays(train, test, classes)
@@ -118,6 +157,11 @@ DATASETS: Registry[DatasetSpec] = Registry(
             lambda source, **p: make_shapes(**p),
             {"images_per_class": int, "test_fraction": float, "seed": int},
             "procedural coloured shapes, 6 classes, 32 x 32, statistics far from ImageNet's",
+        ),
+        "gratings": DatasetSpec(
+            lambda source, **p: make_gratings(**p),
+            {"images_per_class": int, "test_fraction": float, "seed": int},
+            "procedural oriented stripes, 16 classes, 32 x 32: the embedded pretraining source",
         ),
         "cifar10": DatasetSpec(
             lambda source: _real(load_cifar(torchvision.datasets.CIFAR10, "cifar10", source)),

@@ -28,7 +28,8 @@ import yaml
 from normbench.grid import cell_name
 from normbench.registry import ConfigError
 
-SETTING_KEYS = ("norm", "weights")  # what a comparison varies, with the seed
+SETTING_KEYS = ("norm", "weights")  # what a comparison varies, with the seed...
+PRETRAIN_NORM = "start.pretrained.norm"  # ...and, for weights: pretrained, the pretraining norm
 GRID_KEYS = ("models", "datasets", "seeds")  # which cells a run has, not what they learn
 # Where data, weights and compute come from: files are hash-checked, and the device is the
 # machine's own choice (on one machine `auto` is always the same device).
@@ -52,7 +53,15 @@ class Run:
 
     @property
     def setting(self) -> str:
-        return f"norm={self.params['norm']} weights={self.params['weights']}"
+        return setting_of(self.params)
+
+
+def setting_of(params: dict) -> str:
+    """"norm=<n> weights=<w>", with " pretrain=<norm>" for the pipeline's own pretraining."""
+    text = f"norm={params['norm']} weights={params['weights']}"
+    if params["weights"] == "pretrained":
+        text += f" pretrain={((params.get('start') or {}).get('pretrained') or {}).get('norm')}"
+    return text
 
 
 def _params(data: dict) -> dict | None:
@@ -133,11 +142,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def learning_params(params: dict, dataset: str) -> dict[str, Any]:
-    """The params, flattened, that decide what a cell of ``dataset`` learns besides its setting."""
-    skip = {*SETTING_KEYS, *GRID_KEYS, *PLACE_KEYS, "data"}
+    """The params, flattened, that decide what a cell of ``dataset`` learns besides its setting.
+
+    Of the ``start`` blocks only the one of the run's own weights kind counts (a scratch cell
+    does not depend on the pretraining params), without the pretraining norm (a setting).
+    """
+    skip = {*SETTING_KEYS, *GRID_KEYS, *PLACE_KEYS, "data", "start"}
     kept = {k: v for k, v in params.items() if k not in skip}
     kept["data"] = {dataset: (params.get("data") or {}).get(dataset)}
-    return flatten(kept)
+    kind = params.get("weights")
+    kept["start"] = {kind: (params.get("start") or {}).get(kind)}
+    return {k: v for k, v in flatten(kept).items() if k != PRETRAIN_NORM}
 
 
 # --- dvc.lock: what each cell was trained with ----------------------------------------------
@@ -160,12 +175,17 @@ def attach_locks(repo: Path, runs: list[Run]) -> None:
         run.lock = read_lock(repo, run.rev)
 
 
+STARTS_DIR = "starts/"  # start files: what the setting's weights are, compared as a setting
+
+
 def cell_deps(lock: dict, cell: str) -> dict[str, str] | None:
-    """{path: md5} of a cell's train stage in a dvc.lock, or None when it has no entry."""
+    """{path: md5} of a cell's train stage in a dvc.lock (its start file aside: the weights are
+    part of the setting, and their params are compared), or None when it has no entry."""
     stage = lock.get(TRAIN_STAGE.format(cell=cell))
     if stage is None:
         return None
-    return {d["path"]: str(d.get("md5") or d.get("hash")) for d in stage.get("deps") or []}
+    return {d["path"]: str(d.get("md5") or d.get("hash")) for d in stage.get("deps") or []
+            if not d["path"].startswith(STARTS_DIR)}
 
 
 def stale(params: dict, lock: dict, cell: str) -> str | None:
@@ -226,6 +246,20 @@ def reference_keys(params: dict, lock: dict, cells: dict[tuple, dict],
     return keys
 
 
+def key_for(keys: dict[str, Key], dataset: str, params: dict, reference: dict) -> Key:
+    """The reference key of ``dataset`` for a run of ``params``: the reference's own, with the
+    start block of the run's weights kind where the two kinds differ."""
+    key = keys[dataset]
+    kind = params.get("weights")
+    if kind == reference.get("weights"):
+        return key
+    alias = f"{dataset}@{kind}"
+    if alias not in keys:
+        keys[alias] = Key(learning_params({**reference, "weights": kind}, dataset), key.deps,
+                          key.execution)
+    return keys[alias]
+
+
 @dataclass
 class Selection:
     """The cells a comparison uses, and what it left out and why."""
@@ -263,7 +297,8 @@ def select(runs: list[Run], reference: dict, reference_lock: dict | None = None,
             why = [] if run.lock is None else [r for r in [stale(run.params, run.lock, cell)] if r]
             if not why:
                 deps = None if run.lock is None else cell_deps(run.lock, cell)
-                why = keys[dataset].differences(learning_params(run.params, dataset),
+                why = key_for(keys, dataset, run.params, reference).differences(
+                                                learning_params(run.params, dataset),
                                                 deps, metrics.get("execution", MISSING))
             if why:
                 reasons.setdefault(dataset, [])

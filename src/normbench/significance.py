@@ -79,12 +79,12 @@ def t_power(effect: float, se: float, df: float, alpha: float = ALPHA) -> float:
     return min(1.0, upper + lower)
 
 
-MAX_NCP = 60.0  # standard errors: every df >= 1 has power > 0.99 there (the search's bound)
-
-
 def detectable(se: float, df: float, power: float = POWER, alpha: float = ALPHA) -> float:
     """The difference a t-test with ``se`` and ``df`` finds with ``power`` (same units as se)."""
-    ncp = scipy.optimize.brentq(lambda k: t_power(k, 1.0, df, alpha) - power, 0.0, MAX_NCP)
+    high = 8.0  # standard errors; doubled until the power there exceeds the target
+    while t_power(high, 1.0, df, alpha) < power:
+        high *= 2
+    ncp = scipy.optimize.brentq(lambda k: t_power(k, 1.0, df, alpha) - power, 0.0, high)
     return float(ncp * se)
 
 

@@ -24,6 +24,7 @@ from normbench.grid import Grid, cell_name
 from normbench.io import run_main
 from normbench.models import WEIGHTS
 from normbench.normalizations import NORMALIZATIONS
+from normbench.pretrain import NORM_CHOICES, check_norm, check_start
 from normbench.registry import ConfigError
 from normbench.runs import exp_show
 
@@ -39,17 +40,19 @@ class Experiment:
     weights: str
     seeds: tuple[int, ...]
     params: tuple[str, ...]  # every `-S key=value` it runs with: setting, seeds and extras
+    pretrain: str | None = None  # the pretraining norm, for weights: pretrained
 
     @property
     def name(self) -> str:
-        """``<norm>-<weights>-<hash>``: the same params always give the same name."""
+        """``<norm>-<weights>[-<pretrain norm>]-<hash>``: the same params, the same name."""
         digest = hashlib.sha1("\n".join(self.params).encode()).hexdigest()[:8]
-        return f"{self.norm}-{self.weights}-{digest}"
+        return "-".join(p for p in (self.norm, self.weights, self.pretrain, digest) if p)
 
     @property
     def setting(self) -> str:
         """The setting as compare names it."""
-        return f"norm={self.norm} weights={self.weights}"
+        pretrain = f" pretrain={self.pretrain}" if self.pretrain else ""
+        return f"norm={self.norm} weights={self.weights}{pretrain}"
 
     def set_args(self) -> list[str]:
         """The arguments of `dvc exp run` that make this experiment."""
@@ -57,8 +60,10 @@ class Experiment:
 
 
 def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str] = (),
-         split_seeds: bool = False) -> list[Experiment]:
-    """The study's experiments: one per norm x weights (x seed when ``split_seeds``).
+         split_seeds: bool = False, pretrain_norms: list[str] = ("dataset",)
+         ) -> list[Experiment]:
+    """The study's experiments: one per norm x weights (x pretraining norm for ``pretrained``)
+    (x seed when ``split_seeds``).
 
     ``extra`` are further ``key=value`` overrides that every experiment runs with (e.g.
     ``train.epochs=1``); they are part of each name, so a study with other extras is another one.
@@ -66,11 +71,13 @@ def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str
     groups = [(s,) for s in seeds] if split_seeds else [tuple(seeds)]
     exps = []
     for w in weights:
-        for n in norms:
-            for group in groups:
-                seeds_arg = "seeds=[" + ",".join(map(str, group)) + "]"
-                exps.append(Experiment(n, w, group,
-                                       (f"norm={n}", f"weights={w}", seeds_arg, *extra)))
+        for p in (pretrain_norms if w == "pretrained" else [None]):
+            pretrain = (f"start.pretrained.norm={p}",) if p else ()
+            for n in norms:
+                for group in groups:
+                    seeds_arg = "seeds=[" + ",".join(map(str, group)) + "]"
+                    exps.append(Experiment(n, w, group, (f"norm={n}", f"weights={w}", *pretrain,
+                                                         seeds_arg, *extra), p))
     return exps
 
 
@@ -87,7 +94,7 @@ def _finished(rev: dict) -> bool:
         cells = Grid.from_params(params).cells()
     except ConfigError:
         return False
-    return all("best_acc" in (metrics.get(cell_name(*c)) or {}) for c in cells)
+    return all("final_acc" in (metrics.get(cell_name(*c)) or {}) for c in cells)
 
 
 def completed(repo: Path) -> set[str]:
@@ -138,7 +145,7 @@ def check_study(repo: Path, experiments: list[Experiment]) -> None:
     """Every experiment's params are valid before anything is queued or submitted."""
     for exp in experiments:
         params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
-        Grid.from_params(params)
+        check_start(params, Grid.from_params(params).models)
         TrainConfig.from_params(require(params, "train"))
         SpeedConfig.from_params(require(params, "speed"))
 
@@ -146,7 +153,10 @@ def check_study(repo: Path, experiments: list[Experiment]) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run every setting with several seeds, then "
                                  "compare them (make study).")
-    ap.add_argument("--norms", nargs="+", default=list(NORMALIZATIONS))
+    ap.add_argument("--norms", nargs="+", default=list(NORMALIZATIONS),
+                    help=f"fine-tuning norms, of: {', '.join(NORM_CHOICES)}")
+    ap.add_argument("--pretrain-norms", nargs="+", default=["dataset"],
+                    help="norms of the pipeline's own pretraining (for --weights pretrained)")
     ap.add_argument("--weights", nargs="+", default=["scratch"])
     ap.add_argument("--baseline", default="dataset",
                     help="the norm every other norm is compared with, under the same weights")
@@ -163,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     repo = Path(args.repo)
     for name in args.norms:
+        check_norm(name)
+    for name in args.pretrain_norms:
         NORMALIZATIONS.check(name)
     for name in args.weights:
         WEIGHTS.check(name)
-    if NORMALIZATIONS.check(args.baseline) not in args.norms:
+    if check_norm(args.baseline) not in args.norms:
         raise ConfigError(f"the baseline norm {args.baseline!r} is not among the study's norms "
                           f"({' '.join(args.norms)}); add it to NORMS or choose BASELINE from them")
     if args.executor not in EXECUTORS:
@@ -174,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{', '.join(EXECUTORS)}")
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) > 0):
         raise ConfigError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
-    experiments = plan(args.norms, args.weights, args.seeds, args.set, args.split_seeds)
+    experiments = plan(args.norms, args.weights, args.seeds, args.set, args.split_seeds,
+                       args.pretrain_norms)
     check_study(repo, experiments)
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]
@@ -208,6 +221,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study: open {repo / COMPARE_DIR / 'index.html'}")
     for name, outcome in failed.items():
         print(f"study: experiment {name} {outcome}", file=sys.stderr)
+    for exp in experiments:
+        if exp.name in failed and exp.norm == args.baseline:
+            print(f"study: the baseline experiment {exp.name} ({exp.setting}) {failed[exp.name]}: "
+                  f"no setting with weights={exp.weights} is compared (none against a "
+                  "substitute)", file=sys.stderr)
     if failed:
         raise ConfigError(f"{len(failed)} of {len(experiments)} experiments failed (logs "
                           "above); run the same command again to retry only those")

@@ -10,23 +10,25 @@ Per model x dataset and watched layer (``weightdist.ROLES``), across settings
   weights per epoch | drift ||W_t - W_0|| / ||W_0|| (%) per epoch; the last two draw the mean over
   seeds as a line and the min-max over seeds as a band. A norm has one colour in every panel
   and figure; legends name the norm, row titles the weights kind.
-- ``verdicts(records, baseline)``: lines in words (markdown) per model x dataset x layer, and
-  the tests table behind them.
+- ``verdicts(records, baseline, failed)``: lines in words (markdown) per model x dataset x
+  layer, and the tests table behind them.
 
-Each setting is tested against a reference of the same weights kind: the baseline's norm with
+Each setting is tested against a reference of the same weights kind: the baseline norm with
 that setting's weights (``norm=dataset weights=imagenet`` for the imagenet settings when the
-baseline is ``norm=dataset weights=scratch``), since scratch and pretrained weights differ
-trivially. Two tests, both over seeds, each needing at least two seeds per setting:
+baseline is ``dataset``), since scratch and pretrained weights differ trivially.
 
-- Welch's t-test on the final drift of the whole tensor (exact, from ``summary.json``);
+The verdict rests on one pre-stated test: the final drift of the whole tensor (exact, from
+``summary.json``) over seeds, paired t when both settings ran the same seeds, else Welch
+(significance.compare_seeds), Holm-corrected over every weight test of the page. Settings whose
+cells did not learn get no verdict. Shown beside it, as a description only:
+
 - a permutation test on Wasserstein-1 distances between the final weight samples: statistic =
   mean W1 over pairs of seeds from different settings minus mean W1 over pairs from the same
   setting; p = share of relabelings of the seeds with a statistic >= the observed one (identity
   included), exact up to ``EXACT_LIMIT`` relabelings, else ``RANDOM_PERMUTATIONS`` seeded draws.
   The statistic does not change when the two groups swap labels, so with equal group sizes the
   smallest possible p is 2 / C(2n, n): 0.1 for 3 + 3 seeds, which can never be below 0.05; the
-  verdict says so. (Scratch cells of one seed share their initial weights across settings, so
-  same-seed pairs are paired; the tests ignore the pairing, which is valid, only less powerful.)
+  table says so.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import pandas as pd
 import scipy.stats
 from matplotlib.ticker import MaxNLocator
 
-from normbench.significance import ALPHA, welch
+from normbench.significance import ALPHA, Test, compare_seeds, holm
 from normbench.report import ROLE_TITLES, mean_pm_std, png_bytes
 from normbench.weightdist import ROLES
 
@@ -67,15 +69,20 @@ def parse_setting(setting: str) -> dict[str, str]:
 
 
 def label(setting: str, settings: list[str]) -> str:
-    """The setting named compactly: "minmax" when all share the weights, else "minmax, scratch"."""
-    kinds = {parse_setting(s)["weights"] for s in settings}
+    """The setting named compactly: "minmax" when all share the weights, else "minmax, scratch"
+    (or "minmax, pretrained on instance")."""
+    kinds = {s.split(" ", 1)[1] for s in settings}  # everything but the norm
     p = parse_setting(setting)
-    return p["norm"] if len(kinds) == 1 else f"{p['norm']}, {p['weights']}"
+    if len(kinds) == 1:
+        return p["norm"]
+    return f"{p['norm']}, {p['weights']}" + (f" on {p['pretrain']}" if "pretrain" in p else "")
 
 
 def reference_for(setting: str, baseline: str) -> str:
-    """The setting a setting is tested against: the baseline's norm, with the same weights."""
-    return f"norm={parse_setting(baseline)['norm']} weights={parse_setting(setting)['weights']}"
+    """The setting a setting is tested against: the baseline norm, with the same weights (and
+    the same pretraining norm for the pipeline's own pretraining)."""
+    return " ".join(f"{k}={baseline if k == 'norm' else v}"
+                    for k, v in parse_setting(setting).items())
 
 
 def layer_name(record: WeightRecord, role: str) -> str:
@@ -156,100 +163,103 @@ class LayerTest:
     reference: str
     n: tuple[int, int]  # seeds of the setting and of its reference
     drift: tuple[float, float]  # mean final drift over seeds (%), setting and reference
-    welch_p: float | None = None  # None: no test (fewer than 2 seeds, or no variance)
-    w1: tuple[float, float] | None = None  # mean W1 between settings, between seeds
+    test: Test  # the verdict's test: final drift over seeds (fraction)
+    w1: tuple[float, float] | None = None  # mean W1 between settings, between seeds (described)
     perm_p: float | None = None
     perm_min_p: float | None = None  # the smallest p the permutation test could give here
 
 
-def _welch(a: np.ndarray, b: np.ndarray) -> float | None:
-    p = welch(a, b)
-    return None if np.isnan(p) else p  # nan: no variance in either group
-
-
 def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference: str,
                   role: str) -> LayerTest:
-    """Both tests of one setting against its reference, for one layer of one model x dataset."""
+    """The drift test (and the W1 description) of one setting against its reference."""
     ours, ref = group[setting], group[reference]
     n = (len(ours), len(ref))
     drift = tuple(float(final_drift(rs, role).mean() * 100) for rs in (ours, ref))
+    test = compare_seeds({r.seed: float(v) for r, v in zip(ref, final_drift(ref, role))},
+                         {r.seed: float(v) for r, v in zip(ours, final_drift(ours, role))})
     if min(n) < 2:
-        return LayerTest(setting, reference, n, drift)
+        return LayerTest(setting, reference, n, drift, test)
     finals = [[r.samples[role][-1] for r in rs] for rs in (ours, ref)]
-    return LayerTest(setting, reference, n, drift,
-                     _welch(final_drift(ours, role), final_drift(ref, role)),
-                     w1_means(*finals), permutation_p(*finals), min_permutation_p(*n))
+    return LayerTest(setting, reference, n, drift, test, w1_means(*finals),
+                     permutation_p(*finals), min_permutation_p(*n))
 
 
 def _fmt_p(p: float | None) -> str:
-    return "no test" if p is None else f"{p:.3g}"
+    return "-" if p is None else f"{p:.3g}"
 
 
-def _describe(t: LayerTest, name: str) -> str:
-    if t.welch_p is None and t.perm_p is None:
-        return f"{name} ({t.n[0]} and {t.n[1]} seeds; a test needs 2 each)"
-    text = (f"{name} (final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, Welch "
-            f"p={_fmt_p(t.welch_p)}; W1 between settings {t.w1[0]:.3g} vs between seeds "
-            f"{t.w1[1]:.3g}, permutation p={_fmt_p(t.perm_p)}")
-    if t.perm_min_p is not None and t.perm_min_p >= ALPHA:
-        text += (f", the smallest possible with {t.n[0]} + {t.n[1]} seeds, so that test cannot "
-                 f"reach p < {ALPHA}" if t.perm_p == t.perm_min_p else
-                 f"; with {t.n[0]} + {t.n[1]} seeds it could not go below {t.perm_min_p:.3g}")
-    return text + ")"
+def _describe(t: LayerTest, name: str, adjusted: float | None) -> str:
+    if adjusted is None:
+        return f"{name} ({t.test.note})"
+    return (f"{name} (final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, {t.test.test} "
+            f"p={_fmt_p(t.test.p)}, Holm-adjusted {_fmt_p(adjusted)})")
 
 
-def verdicts(records: list[WeightRecord], baseline: str) -> tuple[list[str], pd.DataFrame]:
+def verdicts(records: list[WeightRecord], baseline: str,
+             failed: set[tuple[str, str, str]] = frozenset()) -> tuple[list[str], pd.DataFrame]:
     """Per model x dataset x layer: which settings move the weights differently beyond seed.
 
-    Returns markdown lines (one per model x dataset x layer) and the tests table: model, dataset,
-    layer, setting, reference, seeds, final drift (%) mean ± std over seeds, Welch p, mean W1
-    between settings and between seeds (weight units), permutation p. A setting is called
-    different when either test gives p < ALPHA (two tests per setting, no correction).
+    ``baseline`` is a norm; ``failed`` holds the (setting, model, dataset) groups with a cell
+    that did not learn: they get no verdict. Returns markdown lines (one per model x dataset x
+    layer) and the tests table: model, dataset, layer, setting, reference, seeds, final drift
+    (%) mean ± std over seeds, test, p, Holm-adjusted p, and the W1 description.
     """
     if not records:
         return ["No weight snapshots to compare."], pd.DataFrame()
-    lines, rows = [], []
+    found = []  # (model, dataset, role, layer, setting, LayerTest | reason)
+    rows_plain = []
     for (model, dataset), recs in _by(records, "model", "dataset").items():
         group = {s: rs for (s,), rs in _by(recs, "setting").items()}
-        names = list(group)
         for role in ROLES:
-            differ, same, untested = [], [], []
-            for setting in names:
+            layer = layer_name(recs[0], role)
+            for setting in group:
                 reference = reference_for(setting, baseline)
-                row = {"model": model, "dataset": dataset,
-                       "layer": layer_name(group[setting][0], role), "setting": setting,
+                row = {"model": model, "dataset": dataset, "layer": layer, "setting": setting,
                        "reference": reference, "seeds": len(group[setting]),
                        "final drift (%)": mean_pm_std(pd.Series(final_drift(group[setting],
                                                                               role)))}
-                if setting == reference or reference not in group:
-                    rows.append(row)  # the reference itself, or nothing to test against
-                    if setting != reference:
-                        untested.append(f"{label(setting, names)} (no {reference} runs)")
+                if setting == reference:
+                    rows_plain.append(row)
                     continue
-                t = compare_layer(group, setting, reference, role)
-                between, within = t.w1 or (None, None)
-                rows.append({**row, "Welch p": t.welch_p,
-                             "W1 between settings": between, "W1 between seeds": within,
-                             "permutation p": t.perm_p})
-                desc = _describe(t, label(setting, names))
-                if t.welch_p is None and t.perm_p is None:
-                    untested.append(desc)
-                elif min(p for p in (t.welch_p, t.perm_p) if p is not None) < ALPHA:
-                    differ.append(desc)
-                else:
-                    same.append(desc)
-            refs = sorted({reference_for(s, baseline) for s in names} & set(names))
-            lines.append(
-                f"**{model} on {dataset}, {layer_name(recs[0], role)}**, against "
-                f"{' / '.join(refs) or baseline}: moved the weights differently beyond what "
-                f"changing the seed does: {'; '.join(differ) or 'no setting'}. No difference "
-                f"beyond seed: {'; '.join(same) or 'no setting'}."
-                + (f" No test: {'; '.join(untested)}." if untested else ""))
-    table = pd.DataFrame(rows)
-    for col in ("Welch p", "W1 between settings", "W1 between seeds", "permutation p"):
+                no_verdict = [f"no {reference} runs" if reference not in group else "",
+                              *(f"{s} did not learn" for s in (setting, reference)
+                                if (s, model, dataset) in failed)]
+                reason = "; ".join(r for r in no_verdict if r)
+                found.append((row, reason or compare_layer(group, setting, reference, role)))
+    tests = [t.test for _, t in found if isinstance(t, LayerTest)]
+    adjusted_iter = iter(holm([t.p for t in tests if t.p is not None]))
+    rows, lines, by_layer = [], [], {}
+    for row, t in found:
+        key = (row["model"], row["dataset"], row["layer"])
+        names = [r["setting"] for r, _ in found if (r["model"], r["dataset"]) == key[:2]]
+        name = label(row["setting"], names + [row["reference"]])
+        if not isinstance(t, LayerTest):
+            by_layer.setdefault(key, {}).setdefault("no verdict", []).append(f"{name} ({t})")
+            rows.append({**row, "note": t})
+            continue
+        adj = next(adjusted_iter) if t.test.p is not None else None
+        between, within = t.w1 or (None, None)
+        rows.append({**row, "test": t.test.test, "p": _fmt_p(t.test.p), "p (Holm)": _fmt_p(adj),
+                     "note": t.test.note,
+                     "W1 between settings": between, "W1 between seeds": within,
+                     "permutation p (described)": t.perm_p,
+                     "smallest permutation p": t.perm_min_p})
+        kind = ("no verdict" if adj is None else "differ" if adj < ALPHA else "same")
+        by_layer.setdefault(key, {}).setdefault(kind, []).append(_describe(t, name, adj))
+    for (model, dataset, layer), kinds in by_layer.items():
+        line = (f"**{model} on {dataset}, {layer}**, against norm={baseline}: moved the weights "
+                f"differently beyond what changing the seed does: "
+                f"{'; '.join(kinds.get('differ', [])) or 'no setting'}. No significant "
+                f"difference: {'; '.join(kinds.get('same', [])) or 'no setting'}.")
+        if kinds.get("no verdict"):
+            line += f" No verdict: {'; '.join(kinds['no verdict'])}."
+        lines.append(line)
+    table = pd.DataFrame(rows_plain + rows)
+    for col in ("W1 between settings", "W1 between seeds", "permutation p (described)",
+                "smallest permutation p"):
         if col in table:
             table[col] = table[col].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.3g}")
-    return lines, table
+    return lines, table.fillna("")
 
 
 # --- figures --------------------------------------------------------------------------------

@@ -21,11 +21,16 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.")  # the file-name convention of 
 
 
 def weights_entry(model: str, version: Any) -> torchvision.models.WeightsEnum:
-    """torchvision's weights enum member ``version`` (e.g. IMAGENET1K_V1) for ``model``."""
+    """torchvision's weights enum member ``version`` (e.g. IMAGENET1K_V1) for ``model``.
+
+    Only classification weights qualify: vgg16's IMAGENET1K_FEATURES has an untrained classifier
+    and expects 0-255 inputs.
+    """
     enum = torchvision.models.get_model_weights(model)
-    valid = [w.name for w in enum]
+    valid = [w.name for w in enum if w.meta.get("categories")]
     if not isinstance(version, str) or version not in valid:
-        raise ConfigError(f"unknown weights_version {version!r} for {model}; "
+        raise ConfigError(f"unknown ImageNet weights version {version!r} for {model} "
+                          f"(start.imagenet); "
                           f"valid choices: {', '.join(valid)}")
     return enum[version]
 
