@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Stage commands say `python`; this makes it the virtual environment's.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system-packages repro test weights compare study clean-venv mutation
+.PHONY: setup system-packages repro test weights compare study figure clean-venv mutation
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,8 +37,11 @@ system-packages:
 		echo "missing Debian packages; run: sudo apt-get install" $$missing; \
 	fi
 
+# In parallel (pytest-xdist), one worker per core. --dist loadgroup keeps the tests that share a
+# resource (the one-node Slurm, the Chromium browser: their xdist_group marks) on one worker, and
+# each module's tests that share a module-scoped fixture together (tests/conftest.py).
 test: setup system-packages
-	python -m pytest -q
+	python -m pytest -q -n auto --dist loadgroup
 
 # ImageNet weights of the configured models into $$TORCH_HOME, for machines that go offline later.
 weights: setup
@@ -71,6 +74,12 @@ study: setup
 		--pretrain-norms $(PRETRAIN_NORMS) \
 		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
 		$(if $(SPLIT_SEEDS),--split-seeds)
+
+# The README's picture, from the embedded study: `make study` trains only what is not done yet,
+# rewrites compare/, and its verdict figure becomes docs/study.png.
+figure: study
+	mkdir -p docs
+	cp compare/verdicts.png docs/study.png
 
 clean-venv:
 	rm -rf $(VENV)

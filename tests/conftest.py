@@ -114,3 +114,19 @@ def require_program(name: str) -> str:
         pytest.fail(f"{name} is not installed; run `make system-packages` (as root) or "
                     "`sudo apt-get install chromium slurmd slurmctld munge`", pytrace=False)
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, a module whose tests share a module-scoped fixture (a reproduced DVC
+    repository, a trained model) runs on one worker, so that fixture is built once, not once per
+    worker: each module gets an xdist_group of its own. Tests with an xdist_group mark of their
+    own (a shared resource, e.g. Slurm or Chromium) keep it. Without xdist the mark does nothing.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures else []
+        if any(d.scope == "module" for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(name=item.module.__name__))

@@ -37,8 +37,8 @@ SHOW = [
 NO_PAIRS = lambda m, d: lambda *a: pytest.fail("no McNemar expected")  # noqa: E731
 
 
-def result_of(show=SHOW):
-    cells = select(parse_exp_show(show), PARAMS).cells
+def result_of(show=SHOW, reference=PARAMS):
+    cells = select(parse_exp_show(show), reference).cells
     return cells, tables(cells, "dataset", NO_PAIRS)
 
 
@@ -109,8 +109,13 @@ def test_pretrained_settings_are_compared_with_the_baseline_norm_pretrained():
     show.append(exp_entry("c", "c", "dataset", BASE | {"resnet18-cifar10-3": 0.93},
                           weights="imagenet"))
     _, result = result_of(show)
-    (row,) = result["tests"].to_dict("records")
-    assert row["baseline"] == "norm=dataset weights=imagenet" and row["test"] == "paired t"
+    rows = result["tests"].set_index(["setting", "baseline"])
+    row = rows.loc[("norm=minmax weights=imagenet", "norm=dataset weights=imagenet")]
+    assert row["test"] == "paired t"
+    # Does starting from ImageNet help? The same norm from scratch: +0.33 points on seed 3 only.
+    transfer = rows.loc[("norm=dataset weights=imagenet", "norm=dataset weights=scratch")]
+    assert transfer["delta (points)"] == pytest.approx(100 * 0.01 / 3, abs=0.01)
+    assert len(rows) == 2
 
 
 def test_cells_that_did_not_learn_carry_no_verdict():
@@ -164,3 +169,59 @@ def test_left_out_runs_with_one_reason_share_a_line():
     assert group_left_out(lines) == [
         "5 runs (r0, r1, r2, ...), digits: train.epochs=1 (compared: 8)",
         "x, y, shapes: ran as cuda bf16 eager (compared: cpu fp32 eager)"]
+
+
+def test_references_of_each_kind_of_setting():
+    from normbench.compare import references
+
+    assert references("norm=minmax weights=scratch", "dataset") == ["norm=dataset weights=scratch"]
+    assert references("norm=dataset weights=scratch", "dataset") == []
+    assert references("norm=minmax weights=imagenet", "dataset") == [
+        "norm=dataset weights=imagenet", "norm=minmax weights=scratch"]
+    assert references("norm=minmax weights=pretrained pretrain=instance", "dataset") == [
+        "norm=dataset weights=pretrained pretrain=instance",
+        "norm=pretraining weights=pretrained pretrain=instance", "norm=minmax weights=scratch"]
+    assert references("norm=pretraining weights=pretrained pretrain=minmax", "dataset") == [
+        "norm=dataset weights=pretrained pretrain=minmax"]
+
+
+def pretrained(rev, norm, pretrain, cells):
+    entry = exp_entry(rev, rev, norm, cells, weights="pretrained")
+    entry["data"]["params"]["params.yaml"]["data"]["start"] = {"pretrained": {"norm": pretrain}}
+    return entry
+
+
+def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
+    show = [pretrained("m1", "pretraining", "minmax", BASE),  # matched: minmax, its own stats
+            pretrained("m2", "dataset", "minmax", MINMAX),
+            pretrained("i1", "pretraining", "instance", NONE),
+            pretrained("i2", "dataset", "instance", BASE)]
+    _, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
+    table = result["mismatch"]
+    row = table.loc[("resnet18", "cifar10", "minmax")]
+    assert row["pretraining"] == "91.00 ± 1.00"
+    assert row["dataset"].startswith("96.33 ± 1.53 [green:+5.33] (")
+    tests = result["tests"]
+    matched = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=minmax"]
+    (p,) = matched.p
+    assert p == pytest.approx(scipy.stats.ttest_rel([0.95, 0.96, 0.98], [0.90, 0.91, 0.92]).pvalue)
+    # Instance pretraining: seeds 4-6 against 1-3, so Welch.
+    welch = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=instance"]
+    assert welch.test.tolist() == ["Welch"]
+    assert table.loc[("resnet18", "cifar10", "instance"), "pretraining"] == "90.67 ± 0.76"
+
+
+def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from normbench import verdict_figure as vf
+
+    cells, result = result_of()
+    panels = []
+    real = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: panels.append(a) or real(*a, **k))
+    labels = []
+    monkeypatch.setattr(plt.Axes, "annotate", lambda self, text, *a, **k: labels.append(text))
+    png = vf.verdict_figure(cells, result["tests"], "dataset")
+    assert png.startswith(b"\x89PNG") and panels == [(1, 1)]
+    assert labels == ["baseline", "better", "n.s."]  # dataset, minmax, none (Holm-adjusted)

@@ -132,8 +132,11 @@ def test_train_stage_end_to_end_at_64_px(cuda, tmp_path, params):
     params["train"].update(epochs=2, batch_size=64, eval_batch_size=128)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cell = "resnet18-shapes-1"
+    start = run_stage(tmp_path, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
+    assert start.returncode == 0, start.stdout + start.stderr
     proc = run_stage(tmp_path, "train", "--model", "resnet18", "--dataset", "shapes",
                      "--seed", "1", "--data", "data/shapes", "--stats", "data/stats/shapes.json",
+                     "--start", "starts/resnet18.pt",
                      "--metrics", f"metrics/{cell}.json", "--live", f"plots/{cell}",
                      "--predictions", f"predictions/{cell}.npy",
                      "--checkpoint", f"checkpoints/{cell}.pt", "--weightdist", f"weightdist/{cell}")

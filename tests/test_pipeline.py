@@ -26,7 +26,8 @@ from normbench.stats import read_channel_stats
 CELL = "resnet18-shapes-223"
 # Enough images and epochs that both norms compared below learn (final accuracy above chance,
 # checked): only then does the comparison run a test. Three epochs, so that the best epoch can
-# differ from the last (norm=minmax, seed 223: best at epoch 2 on this CPU).
+# differ from the last (norm=minmax peaked at epoch 2 when written: 0.300, then 0.292 at the
+# end), so a cell that kept its best epoch fails the checks below.
 IMAGES_PER_CLASS, EPOCHS = 100, 3  # 600 images, 120 (20 %) held out for the test split
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def check_cell_metrics(repo: Path, metrics: dict) -> None:
     assert metrics["chance_acc"] == pytest.approx(chance)
     p = scipy.stats.binomtest(correct, len(labels), chance, alternative="greater").pvalue
     assert metrics["above_chance_p"] == pytest.approx(p)
-    assert metrics["learned"] is True, metrics  # the grid above is sized for it: p ~ 1e-3
+    assert metrics["learned"] is True, metrics  # sized for it: p ~ 5e-4 when written
     assert metrics["execution"] == "cpu fp32 eager"
     # throughput over training steps only: at least the train images per second of wall time
     n_train = 6 * IMAGES_PER_CLASS - len(labels)
@@ -110,7 +111,8 @@ def test_repro_writes_metrics_curves_predictions_and_report(repo):
     assert [e["epoch"] for e in summary["epochs"]] == list(range(EPOCHS + 1))
     assert summary["epochs"][0]["first_conv"]["drift"] == 0.0
     assert metrics["drift_first_conv"] == summary["epochs"][-1]["first_conv"]["drift"] > 0
-    assert f"weights_{CELL}.png" in readme
+    assert f"weights/{CELL}.png" in readme
+    assert (repo / "report" / "weights" / f"{CELL}.png").read_bytes()[:4] == b"\x89PNG"
     # The checkpoint holds the last epoch's weights: those the weight snapshot of the last epoch
     # kept, and they give the saved predictions again.
     checkpoint = torch.load(repo / "checkpoints" / f"{CELL}.pt", weights_only=False)
@@ -150,7 +152,7 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     check_cell_metrics(repo, minmax)
     minmax_preds = np.load(repo / "predictions" / f"{CELL}.npy")
     assert not np.array_equal(minmax_preds, base_preds)  # another norm, another model
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--all"))  # equal ones too
     change = diff["metrics.json"][f"{CELL}.final_acc"]  # per cell, from the git-tracked summary
     assert change["old"] == base["final_acc"] and change["new"] == minmax["final_acc"]
     summary = json.loads((repo / "metrics.json").read_text())
@@ -221,13 +223,19 @@ def test_queue_runs_settings_in_parallel_workers(repo, monkeypatch):
     assert {"norm=instance weights=scratch", "norm=none weights=scratch"} <= done
 
 
-def test_switching_weights_touches_only_the_train_cells_and_the_report(repo):
+def test_switching_weights_touches_only_the_start_the_train_cells_and_the_report(repo):
     original = (repo / "params.yaml").read_text()
     params = yaml.safe_load(original)
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "weights": "imagenet"}))
         changed = json.loads(sh(repo, "dvc", "status", "--json"))
-        assert set(changed) == {f"train@{CELL}", "report"}
+        # the check (seconds), the model's start weights, its cells and the report: no data
+        assert set(changed) == {"check", "start@resnet18", f"train@{CELL}", "report"}
+        pretrained = {**params["start"]["pretrained"], "seed": params["start"]["pretrained"]
+                      ["seed"] + 1}
+        (repo / "params.yaml").write_text(yaml.safe_dump(
+            {**params, "start": {**params["start"], "pretrained": pretrained}}))
+        assert json.loads(sh(repo, "dvc", "status", "--json")) == {}  # not the kind in use
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "weights_mirror": "x"}))
         assert set(json.loads(sh(repo, "dvc", "status", "--json"))) <= {"report"}
         data = {**params["data"], "shapes": {**params["data"]["shapes"], "seed": 1}}
@@ -246,7 +254,7 @@ def test_unknown_dataset_fails_in_seconds_naming_the_valid_ones(tmp_path):
                                f"{os.environ['PATH']}"}, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and time.monotonic() - start < 60, out
-    assert "unknown dataset 'cifar11'; valid choices: digits, shapes, cifar10" in out, out
+    assert "unknown dataset 'cifar11'; valid choices: digits, shapes, gratings, cifar10" in out, out
     assert "failed to reproduce 'check'" in out and "are missing" not in out
 
 

@@ -120,3 +120,16 @@ def test_like_names_a_run_and_an_unknown_one_lists_the_choices():
     assert params["train"] == {"epochs": 1} and rev == "a1b2c3" and label == "a1b2"
     with pytest.raises(ValueError, match="no run 'nope'.*valid choices: main"):
         reference_params(entries, "nope")
+
+
+def test_pretraining_params_edited_without_repro_make_the_cell_stale():
+    recorded = lock(CODE, weights="pretrained")
+    recorded["start@resnet18"] = {"params": {"params.yaml": {
+        "weights": "pretrained", "start.pretrained": {"norm": "minmax", "seed": 0}}}}
+    params = {**PARAMS, "weights": "pretrained",
+              "start": {"pretrained": {"norm": "minmax", "seed": 0}}}
+    assert stale(params, recorded, "resnet18-digits-1") is None
+    edited = {**params, "start": {"pretrained": {"norm": "instance", "seed": 0}}}
+    assert stale(edited, recorded, "resnet18-digits-1") == (
+        "stale: params.yaml was edited without `dvc repro`: start.pretrained.norm=instance "
+        "(dvc.lock: minmax)")

@@ -72,8 +72,8 @@ def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):
 def test_download_unknown_dataset_and_missing_params(project, tmp_path):
     proc = run_stage(project(), "download", "imagenette", "data/imagenette")
     assert proc.returncode == 1
-    assert ("unknown dataset 'imagenette'; valid choices: digits, shapes, cifar10, cifar100, svhn, "
-            "tiny_imagenet_200") in proc.stderr
+    assert ("unknown dataset 'imagenette'; valid choices: digits, shapes, gratings, cifar10, "
+            "cifar100, svhn, tiny_imagenet_200") in proc.stderr
     proc = run_stage(project(data={}), "download", "digits", "data/digits")
     assert proc.returncode == 1 and "params.yaml has no 'data.digits'" in proc.stderr
     assert not (tmp_path / "data").exists()
@@ -96,10 +96,17 @@ def test_imagenet_weights_offline_fail_before_training(project, tmp_path, closed
     write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     cwd = project(weights="imagenet", weights_mirror=closed_port_url)
-    proc = run_stage(cwd, "train", *train_args(tmp_path))
+    # The weights are fetched by the start stage, before any cell trains.
+    proc = run_stage(cwd, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
     assert proc.returncode == 1, proc.stderr
     assert "cannot get ImageNet weights resnet18-f37072fd.pth" in proc.stderr
     assert "or use weights: scratch" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "starts").exists()
+    # Without its start file, a cell says which stage makes it, and writes nothing.
+    proc = run_stage(cwd, "train", *train_args(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    assert ("start file starts/resnet18.pt is missing or unreadable" in proc.stderr
+            and "run `dvc repro start@resnet18`" in proc.stderr), proc.stderr
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
     assert not (tmp_path / "plots").exists()
 
@@ -123,6 +130,8 @@ def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(proje
     (tmp_path / "plots" / CELL / "old.tsv").write_text("an earlier run's curve\n")
     cwd = project(device="cpu", train={**yaml.safe_load((ROOT / "params.yaml").read_text())[
         "train"], "epochs": 50, "batch_size": 16})
+    start = run_stage(cwd, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
+    assert start.returncode == 0, start.stderr  # scratch: the start file, nothing trained
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"),
                              *train_args(tmp_path)], cwd=cwd, stdout=subprocess.PIPE,

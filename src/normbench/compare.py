@@ -39,6 +39,7 @@ from normbench.significance import (ALPHA, MAX_SEEDS, POWER, Test, compare_seeds
 from normbench.runs import (Run, Selection, attach_locks, exp_show, parse_exp_show,
                             read_cell_outputs, read_lock, reference_params, select)
 from normbench import weightcompare
+from normbench.verdict_figure import verdict_figure
 
 VERDICT_FIGURE = "final_acc"  # test accuracy after the last epoch: no selection on the test set
 
@@ -46,6 +47,19 @@ VERDICT_FIGURE = "final_acc"  # test accuracy after the last epoch: no selection
 def baseline_of(setting: str, baseline: str) -> str:
     """The setting that ``setting`` is compared with: the baseline norm under the same weights."""
     return weightcompare.reference_for(setting, baseline)
+
+
+def references(setting: str, baseline: str) -> list[str]:
+    """What a setting is tested against: the baseline norm under the same weights (Table 2);
+    for the pipeline's own pretraining also the matched pairing (norm: pretraining); for
+    pretrained weights of any kind also scratch with the same norm (does pretraining help?)."""
+    parts = weightcompare.parse_setting(setting)
+    refs = [baseline_of(setting, baseline)]
+    if "pretrain" in parts:
+        refs.append(baseline_of(setting, PRETRAINING))
+    if parts["weights"] != "scratch" and parts["norm"] != PRETRAINING:
+        refs.append(f"norm={parts['norm']} weights=scratch")
+    return [r for r in dict.fromkeys(refs) if r != setting]
 
 
 def not_learned(group: pd.DataFrame) -> list[int]:
@@ -136,10 +150,7 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     for model in models:
         for dataset in datasets:
             for setting in settings:
-                # Against the baseline norm; pretrained ones also against the matched pairing.
-                for ref_norm in dict.fromkeys([baseline] + ([PRETRAINING] if " pretrain=" in
-                                                            setting else [])):
-                    reference = baseline_of(setting, ref_norm)
+                for reference in references(setting, baseline):
                     group, base = (_group(cells, s, model, dataset) for s in (setting, reference))
                     if setting != reference and group is not None and base is not None:
                         found.append((model, dataset, setting, reference,
@@ -149,9 +160,10 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     marks = {}
     for (model, dataset, setting, reference, t), adj in zip(found, adjusted):
         colour = "green" if t.delta > 0 else "red"
-        marks[(model, dataset, setting, reference)] = f" [{colour}:{t.delta * 100:+.2f}]{mark(t, adj)}"
+        text = f" [{colour}:{t.delta * 100:+.2f}]{mark(t, adj)}"
+        marks[(model, dataset, setting, reference)] = text
         if reference == baseline_of(setting, baseline):
-            table2[(model, setting, dataset)] = marks[(model, dataset, setting, reference)]
+            table2[(model, setting, dataset)] = text
         rows.append({"model": model, "dataset": dataset, "setting": setting,
                      "baseline": reference, "test": t.test,
                      "delta (points)": round(t.delta * 100, 2), "p": t.p, "p (Holm)": adj,
@@ -444,7 +456,10 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         if df is not None and not df.empty:
             md += [_table(df, False), ""]
             page.append(_table(df, True))
-    figures = {"figure1.png": ("Figure 1: test accuracy per epoch", fig)} if fig else {}
+    figures = {"verdicts.png": ("The study at a glance: final accuracy and verdicts",
+                                verdict_figure(selection.cells, result["tests"], baseline))}
+    if fig:
+        figures["figure1.png"] = ("Figure 1: test accuracy per epoch", fig)
     figures.update({name: (f"Weights across settings: {name[8:-4]}", png)
                     for name, png in weights.figures.items()})
     for name, (title, png) in figures.items():

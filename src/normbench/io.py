@@ -15,6 +15,15 @@ from typing import Any, Callable, Iterator
 from normbench.registry import ConfigError
 
 
+class StageFailed(RuntimeError):
+    """A known way for a stage's work to fail (training diverged, torch.compile failed): the
+    message says what to change, and :func:`run_main` prints it in one line, no traceback.
+
+    Defined here rather than in train.py, whose errors subclass it, so that this module (which
+    every stage imports) takes nothing from the training loop: no import circle.
+    """
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it replaces ``path`` in one rename.
@@ -58,11 +67,9 @@ def run_main(main: Callable[[], None]) -> None:
     SIGTERM (what `scancel`, `kill` and a queue's kill send) exits through every ``finally``,
     so :func:`atomic_path` removes its temporaries and no tracked folder is left changed.
     """
-    from normbench.train import CompileFailed, TrainingDiverged
-
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
-    except (ConfigError, TrainingDiverged, CompileFailed) as e:
+    except (ConfigError, StageFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -18,13 +18,11 @@ from normbench.weights import fetch, weights_entry
 
 
 def default_linear_init(layer: nn.Linear) -> None:
-    """PyTorch's own nn.Linear init, which torchvision's ResNets keep for their head."""
-    layer.reset_parameters()
+    """PyTorch's own nn.Linear init (already drawn), which torchvision's ResNets keep."""
 
 
 def densenet_head_init(layer: nn.Linear) -> None:
-    """torchvision's DenseNet: PyTorch's weight init, bias 0."""
-    layer.reset_parameters()
+    """torchvision's DenseNet: PyTorch's weight init (already drawn), bias 0."""
     nn.init.zeros_(layer.bias)
 
 

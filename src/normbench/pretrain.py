@@ -39,13 +39,11 @@ NORM_CHOICES = [*NORMALIZATIONS.names(), PRETRAINING]
 
 def check_norm(name: Any) -> str:
     """A ``norm`` value: a registered normalization or ``pretraining``."""
-    if name == PRETRAINING:
-        return name
-    try:
-        return NORMALIZATIONS.check(name)
-    except ConfigError:
-        raise ConfigError(f"unknown norm {name!r}; valid choices: {', '.join(NORM_CHOICES)}"
-                          ) from None
+    if name == PRETRAINING or not isinstance(name, str):  # a wrong type: the registry says so
+        return name if name == PRETRAINING else NORMALIZATIONS.check(name)
+    if name not in NORMALIZATIONS:
+        raise ConfigError(f"unknown norm {name!r}; valid choices: {', '.join(NORM_CHOICES)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def check_start(params: Mapping[str, Any], models: list[str]) -> str:
 
 def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
              speed: SpeedConfig, on_epoch=lambda record: None) -> dict:
-    """Train ``model_name`` on the source dataset; the self-describing start of a pretrained cell."""
+    """Train ``model_name`` on the source dataset: the self-describing start of its cells."""
     from normbench.datasets import build_dataset
     from normbench.models import build_model
     from normbench.stats import channel_stats
@@ -169,8 +167,10 @@ def resolve_norm(name: str, start: dict, target: ChannelStats) -> tuple[Norm, Ch
                           "use weights: imagenet or pretrained, or another norm")
     if start["kind"] == "imagenet":
         return NORMALIZATIONS["imagenet"], target, "pretraining (imagenet)"
-    stats = ChannelStats(tuple(start["channel_stats"]["mean"]), tuple(start["channel_stats"]["std"]))
-    return NORMALIZATIONS[start["norm"]], stats, f"pretraining ({start['norm']} on {start['source']})"
+    recorded = start["channel_stats"]
+    stats = ChannelStats(tuple(recorded["mean"]), tuple(recorded["std"]))
+    return (NORMALIZATIONS[start["norm"]], stats,
+            f"pretraining ({start['norm']} on {start['source']})")
 
 
 def load_start(path: str, model: str) -> dict:

@@ -152,6 +152,7 @@ def history_figure(history: pd.DataFrame, grid: Grid, curve: str, ylabel: str) -
 
 
 ROLE_TITLES = {"first_conv": "first conv", "deep_conv": "deeper conv"}
+WEIGHT_FIGURES = "weights"  # report/weights/<cell>.png: the image plots of dvc.yaml
 
 
 def weight_figure(cell: str, summary: dict, samples: dict) -> plt.Figure:
@@ -272,7 +273,9 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
         "`dvc plots diff` (weight drift curves) or `dvc exp show`.",
         weight_table({cell: summary for cell, (summary, _) in weights.items()}), None))
     for cell, (summary, samples) in weights.items():
-        name = f"weights_{cell}.png"
+        # A folder of its own: dvc.yaml declares it as an image plot, so `dvc plots diff` sets
+        # each cell's figure of every revision side by side.
+        name = f"{WEIGHT_FIGURES}/{cell}.png"
         figures[name] = png_bytes(weight_figure(cell, summary, samples))
         sections.append((f"Weight distributions: {cell}", "", None, name))
     sections.append(("Cells", "Every cell's metrics file.", metrics.round(4), None))
@@ -324,9 +327,11 @@ def to_html(report: Report) -> str:
 
 
 def write_report(report: Report, history: pd.DataFrame, out_dir: Path) -> None:
-    """Write index.html, README.md, the PNGs and history.csv (the source of `dvc plots`)."""
+    """Write index.html, README.md, the PNGs (weights/<cell>.png per cell) and history.csv
+    (the source of the `dvc plots` curves)."""
     out_dir.mkdir(parents=True)
     for name, png in report.figures.items():
+        (out_dir / name).parent.mkdir(exist_ok=True)
         (out_dir / name).write_bytes(png)
     (out_dir / "README.md").write_text(to_markdown(report))
     (out_dir / "index.html").write_text(to_html(report))

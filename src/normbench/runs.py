@@ -38,6 +38,7 @@ PLACE_KEYS = ("device", "weights_mirror", "data_root", "data_mirror", "download_
 RESULT_KEYS = ("best_acc", "final_acc", "final_loss")
 MISSING = "(missing)"
 TRAIN_STAGE = "train@{cell}"  # a cell's stage in dvc.lock
+START_STAGE = "start@{model}"  # its model's start stage (the weights it starts from)
 
 
 @dataclass
@@ -189,11 +190,14 @@ def cell_deps(lock: dict, cell: str) -> dict[str, str] | None:
 
 
 def stale(params: dict, lock: dict, cell: str) -> str | None:
-    """Why a cell's dvc.lock entry does not match its run's params.yaml, or None if it does."""
+    """Why a cell's dvc.lock entries (its train stage, and its model's start stage, where the
+    pretraining params live) do not match its run's params.yaml, or None if they do."""
     stage = lock.get(TRAIN_STAGE.format(cell=cell))
     if stage is None:
         return "stale: dvc.lock has no entry for the cell (run `dvc repro`)"
-    recorded = flatten((stage.get("params") or {}).get("params.yaml") or {})
+    start = lock.get(START_STAGE.format(model=cell.rsplit("-", 2)[0])) or {}
+    recorded = {**flatten((stage.get("params") or {}).get("params.yaml") or {}),
+                **flatten((start.get("params") or {}).get("params.yaml") or {})}
     now = flatten({k: params.get(k, MISSING) for k in {k.split(".")[0] for k in recorded}})
     wrong = [f"{k}={now.get(k, MISSING)} (dvc.lock: {v})" for k, v in sorted(recorded.items())
              if now.get(k, MISSING) != v]

@@ -21,6 +21,7 @@ from torch import nn
 
 from normbench.config import SpeedConfig, TrainConfig
 from normbench.arrays import Arrays
+from normbench.io import StageFailed
 from normbench.normalizations import ChannelStats, Norm, Normalizer
 from normbench.significance import ALPHA, above_chance
 from normbench.weightdist import WeightRecorder
@@ -28,11 +29,11 @@ from normbench.weightdist import WeightRecorder
 T = TypeVar("T")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(StageFailed):
     """The loss became NaN or infinite: the cell stops and writes no metrics."""
 
 
-class CompileFailed(RuntimeError):
+class CompileFailed(StageFailed):
     """torch.compile failed and ``speed.compile_fallback`` does not allow the eager path."""
 
 
