@@ -102,6 +102,21 @@ def tiny_project(repo: Path) -> None:
     sh(repo, "git", "commit", "-qm", "project")  # dvclive cannot start in a repo with no commit
 
 
+def section(markdown: str, heading: str) -> str:
+    """The one section of a markdown page whose heading starts with ``heading``."""
+    found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
+    assert len(found) == 1, f"{len(found)} sections named {heading!r}"
+    return found[0]
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in ``text``, as {column: cell text}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    assert split and set(lines[1]) <= set("|:- "), text  # a header and its rule
+    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
+
+
 def git_user(repo: Path) -> None:
     sh(repo, "git", "config", "user.email", "test@example.com")
     sh(repo, "git", "config", "user.name", "test")

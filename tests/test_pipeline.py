@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 import torch
 import yaml
-from conftest import sh, tiny_project
+from conftest import sh, tiny_project, section, table_rows
 
 from normbench.dvcqueue import start_queue
 from normbench.grid import check_grid
@@ -45,21 +45,6 @@ def repo(tmp_path_factory) -> Path:
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline")
     return repo
-
-
-def section(markdown: str, heading: str) -> str:
-    """The one section of a markdown page whose heading starts with ``heading``."""
-    found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
-    assert len(found) == 1, f"{len(found)} sections named {heading!r}"
-    return found[0]
-
-
-def table_rows(text: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table in ``text``, as {column: cell text}."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
-    assert split and set(lines[1]) <= set("|:- "), text  # a header and its rule
-    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
 
 
 def curve(repo: Path, name: str) -> list[float]:
@@ -200,9 +185,10 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     verdict = ("no significant difference" if p >= 0.05 else "better" if delta > 0 else "worse")
     assert row["verdict"] == verdict
     lines = [line for line in section(page, "What differs").splitlines()
-             if line.startswith("**shapes**: ")]
+             if line.startswith("**shapes**:<br>")]
     assert len(lines) == 1 and lines[0].startswith(
-        f"**shapes**: norm=minmax weights=scratch on resnet18: {verdict} ({delta:+.2f} points"
+        f"**shapes**:<br>norm=minmax weights=scratch against norm=dataset weights=scratch, "
+        f"resnet18: {verdict} ({delta:+.2f} points"
         f", McNemar p={p:.3g}, Holm-adjusted {p:.3g}"), lines
     assert (repo / "compare" / "figure1.png").read_bytes()[:4] == b"\x89PNG"
 

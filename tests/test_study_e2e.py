@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import yaml
-from conftest import ROOT, sh, tiny_project
+from conftest import ROOT, sh, tiny_project, section, table_rows
 
 pytestmark = pytest.mark.slow
 # Enough images and epochs that every cell learns (final accuracy above chance, checked), so
@@ -34,21 +34,6 @@ def study(repo: Path, *args: str, **kwargs) -> subprocess.Popen:
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=600)
     return proc.returncode, out
-
-
-def section(markdown: str, heading: str) -> str:
-    """The one section of a markdown page whose heading starts with ``heading``."""
-    found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
-    assert len(found) == 1, f"{len(found)} sections named {heading!r}"
-    return found[0]
-
-
-def table_rows(text: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table in ``text``, as {column: cell text}."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    split = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
-    assert split and set(lines[1]) <= set("|:- "), text  # a header and its rule
-    return [dict(zip(split[0], row, strict=True)) for row in split[2:]]
 
 
 def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
@@ -142,7 +127,8 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     verdict = ("no significant difference" if p >= 0.05 else "better" if delta > 0 else "worse")
     assert row["verdict"] == verdict
     assert float(row["detectable (points)"]) > 0  # what this test could have found
-    assert f"**shapes**: {SETTINGS[1]} on resnet18: {verdict} ({delta:+.2f} points, paired t " \
+    assert f"**shapes**:<br>{SETTINGS[1]} against {SETTINGS[0]}, resnet18: {verdict} " \
+        f"({delta:+.2f} points, paired t " \
         f"p={p:.3g}, Holm-adjusted {p:.3g}" in section(page, "What differs")
 
     # The weights: the final drift over seeds, paired t, Holm over both watched layers; the

@@ -67,10 +67,12 @@ def not_learned(group: pd.DataFrame) -> list[int]:
     return [int(s) for s, ok in group.learned.items() if ok is not None and not bool(ok)]
 
 
-def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Test:
+def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions,
+                 alpha: float = ALPHA) -> Test:
     """Test two settings' rows of one model x dataset (index: seed) on the final accuracy.
 
-    A group with a cell that did not learn gets no test: such a cell is no evidence.
+    A group with a cell that did not learn gets no test: such a cell is no evidence. ``alpha``:
+    the level of the detectable difference (see significance.compare_seeds).
     """
     delta = float(other[VERDICT_FIGURE].mean() - base[VERDICT_FIGURE].mean())
     failed = {name: seeds for name, seeds in (("baseline", not_learned(base)),
@@ -82,9 +84,10 @@ def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Test:
     if len(base) == len(other) == 1 and base.index[0] == other.index[0]:
         a, b = predictions(base.rev.iloc[0], other.rev.iloc[0], int(base.index[0]))
         return Test("McNemar", delta, mcnemar(a, b))
-    return compare_seeds(base[VERDICT_FIGURE].to_dict(), other[VERDICT_FIGURE].to_dict())
+    return compare_seeds(base[VERDICT_FIGURE].to_dict(), other[VERDICT_FIGURE].to_dict(), alpha)
 
 
+# pragma: no mutate start (I/O: reads the DVC cache; `make mutation` covers tables and verdicts)
 def prediction_loader(repo: Path):
     """(model, dataset) -> (rev_a, rev_b, seed) -> per-image correctness of both runs' cells.
 
@@ -113,6 +116,9 @@ def prediction_loader(repo: Path):
             return a == labels[0], b == labels[0]
         return get
     return pair
+
+
+# pragma: no mutate end
 
 
 def mark(t: Test, adjusted: float | None) -> str:
@@ -146,15 +152,15 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     Holm-corrected tests), Table 3 (every setting side by side) and the tests behind Table 2."""
     settings = list(cells.index.unique("setting"))
     models, datasets = cells.index.unique("model"), cells.index.unique("dataset")
-    found = []  # (model, dataset, setting, reference, Test)
-    for model in models:
-        for dataset in datasets:
-            for setting in settings:
-                for reference in references(setting, baseline):
-                    group, base = (_group(cells, s, model, dataset) for s in (setting, reference))
-                    if setting != reference and group is not None and base is not None:
-                        found.append((model, dataset, setting, reference,
-                                      compare_pair(base, group, pair_loader(model, dataset))))
+    pairs = [(model, dataset, setting, reference) for model in models for dataset in datasets
+             for setting in settings for reference in references(setting, baseline)
+             if _group(cells, setting, model, dataset) is not None
+             and _group(cells, reference, model, dataset) is not None]
+    # What a test could detect is stated at ALPHA / m: what Holm asks of the first of m tests.
+    level = ALPHA / max(len(pairs), 1)
+    found = [(*pair, compare_pair(_group(cells, pair[3], *pair[:2]),
+                                  _group(cells, pair[2], *pair[:2]), pair_loader(*pair[:2]), level))
+             for pair in pairs]
     adjusted = correct([t for *_, t in found])
     table2, rows = {}, []
     marks = {}
@@ -231,7 +237,7 @@ def _fmt_p(p: float | None) -> str:
 
 
 def _sentence(r) -> str:
-    who = f"{r.setting} on {r.model}"
+    who = f"{r.setting} against {r.baseline}, {r.model}"
     if r.verdict in ("better", "worse"):
         return (f"{who}: {r.verdict} ({r['delta (points)']:+.2f} points, {r.test} "
                 f"p={_fmt_p(r.p)}, Holm-adjusted {_fmt_p(r['p (Holm)'])})")
@@ -241,7 +247,7 @@ def _sentence(r) -> str:
                    else f"more than {MAX_SEEDS} seeds"))
         power = ("" if pd.isna(r["detectable (points)"]) else
                  f"; this test could detect {r['detectable (points)']:.2f} points with "
-                 f"{POWER:.0%} power, {need}")
+                 f"{POWER:.0%} power at the page's corrected level, {need}")
         return (f"{who}: no significant difference ({r['delta (points)']:+.2f} points, {r.test} "
                 f"p={_fmt_p(r.p)}, Holm-adjusted {_fmt_p(r['p (Holm)'])}{power})")
     return f"{who}: {r.verdict} ({r['delta (points)']:+.2f} points; {r.note})"
@@ -261,11 +267,11 @@ def verdicts(tests: pd.DataFrame, baseline: str, settings: list[str]) -> list[st
     if tests.empty:
         return lines or [f"No setting could be compared with norm={baseline}."]
     for dataset, group in tests.groupby("dataset"):
-        lines.append(f"**{dataset}**: " + "; ".join(_sentence(r) for _, r in group.iterrows())
-                     + ".")
+        lines.append(f"**{dataset}**:<br>" + "<br>".join(_sentence(r) for _, r in group.iterrows()))
     return lines
 
 
+# pragma: no mutate start (I/O and plotting: curves from git, Figure 1)
 def histories(runs: list[Run], cells: pd.DataFrame, repo: Path) -> pd.DataFrame:
     """The selected cells' curves, from each run's report/history.csv (git-tracked)."""
     import dvc.api
@@ -304,6 +310,9 @@ def figure1(history: pd.DataFrame) -> bytes:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     return png_bytes(fig)
+
+
+# pragma: no mutate end
 
 
 def _markup(text: str, html_out: bool) -> str:
@@ -361,6 +370,7 @@ class WeightSection:
     figures: dict[str, bytes]  # file name -> PNG
 
 
+# pragma: no mutate block (to the end: I/O, writing the page, the command line)
 def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSection:
     """Read every selected cell's weight snapshots and compare them across settings.
 
@@ -414,12 +424,12 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          "t-test over seeds when both settings ran the same seeds, Welch's t-test otherwise, "
          "McNemar's exact test on the test predictions for one shared seed.",
          result["table2"]),
-        ("Pretraining norm against fine-tuning norm",
+        *([] if result["mismatch"].empty else [("Pretraining norm against fine-tuning norm",
          "The pipeline's own pretraining (weights: pretrained): rows the norm the weights were "
          "pretrained with, columns the norm of fine-tuning; final test accuracy (%), mean ± std "
          "over seeds, and the delta and Holm-adjusted mark against the matched pairing of the "
          "row (norm: pretraining, i.e. the pretraining's own norm and statistics).",
-         result["mismatch"]),
+         result["mismatch"])]),
         ("Table 3: every setting side by side", "Final test accuracy (%); best mean per model "
          "and dataset in bold.", result["table3"]),
         ("The original study's figure: best test accuracy (%)",
@@ -427,10 +437,11 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          "The epoch is chosen on the test set, so this figure is optimistic (more so for noisy "
          "settings); no verdict uses it.", result["best"]),
         ("Tests", "One family per page: the p of every row is corrected with Holm's step-down "
-         f"method, and the verdict reads the adjusted p. Where a difference is not significant, "
-         f"'detectable' is the smallest difference this test finds with {POWER:.0%} power at "
-         f"α = {ALPHA} (from the observed spread over seeds), and 'seeds needed' the seeds per "
-         "setting at which the observed delta would be found with that power.",
+         f"method, and the verdict reads the adjusted p. 'detectable' is the smallest difference "
+         f"this test finds with {POWER:.0%} power at α / m (α = {ALPHA}, m the comparisons of "
+         "this page: the level Holm's correction asks of its first test), from the observed "
+         "spread over seeds; 'seeds needed' the seeds per setting at which the observed delta "
+         "would be found with that power at that level.",
          _format_tests(result["tests"])),
     ]
     sections.append(("What normalization does to the weights",

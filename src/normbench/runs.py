@@ -100,6 +100,7 @@ def parse_exp_show(entries: list[dict]) -> list[Run]:
     return [r for r in runs if r is not None and r.cells]
 
 
+# pragma: no mutate start (I/O: runs dvc; `make mutation` covers parsing and selection)
 def exp_show(repo: Path, all_commits: bool = True) -> list[dict]:
     """``dvc exp show --json`` of the repository (every commit, or HEAD only)."""
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
@@ -107,6 +108,9 @@ def exp_show(repo: Path, all_commits: bool = True) -> list[dict]:
     if proc.returncode != 0:
         raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
     return json.loads(proc.stdout)
+
+
+# pragma: no mutate end
 
 
 def reference_params(entries: list[dict], like: str | None
@@ -158,6 +162,7 @@ def learning_params(params: dict, dataset: str) -> dict[str, Any]:
 
 # --- dvc.lock: what each cell was trained with ----------------------------------------------
 
+# pragma: no mutate start (I/O: reads git)
 def read_lock(repo: Path, rev: str | None) -> dict:
     """The ``stages`` of dvc.lock at git revision ``rev`` (None: the workspace's file)."""
     if rev is None:
@@ -174,6 +179,9 @@ def attach_locks(repo: Path, runs: list[Run]) -> None:
     """Read every run's dvc.lock from git (an experiment is a git commit too)."""
     for run in runs:
         run.lock = read_lock(repo, run.rev)
+
+
+# pragma: no mutate end
 
 
 STARTS_DIR = "starts/"  # start files: what the setting's weights are, compared as a setting
@@ -330,6 +338,7 @@ def select(runs: list[Run], reference: dict, reference_lock: dict | None = None,
     return Selection(cells, left_out, pd.DataFrame(conflicts), fixed)
 
 
+# pragma: no mutate block (to the end: I/O, reads the DVC cache)
 def read_cell_outputs(repo: Path, cells: pd.DataFrame, *paths: str) -> dict[tuple, list[bytes]]:
     """Each selected cell's DVC-cached outputs at its run's revision, keyed like ``cells``.
 

@@ -95,12 +95,13 @@ def _welch_df(v_a: float, v_b: float, n_a: int, n_b: int) -> float:
 
 
 def seeds_needed(delta: float, se_at: Callable[[int], float], df_at: Callable[[int], float],
-                 power: float = POWER) -> int | None:
-    """Smallest seed count n >= 2 whose test finds ``delta`` with ``power``; None: > MAX_SEEDS."""
+                 power: float = POWER, alpha: float = ALPHA) -> int | None:
+    """Smallest seed count n >= 2 whose test finds ``delta`` with ``power`` at ``alpha``;
+    None: more than MAX_SEEDS."""
     if delta == 0:
         return None
     for n in range(2, MAX_SEEDS + 1):
-        if t_power(delta, se_at(n), df_at(n)) >= power:
+        if t_power(delta, se_at(n), df_at(n), alpha) >= power:
             return n
     return None
 
@@ -114,8 +115,12 @@ def _no_spread(delta: float, what: str) -> Test:
                                   "no t-test is defined")
 
 
-def compare_seeds(reference: dict[int, float], other: dict[int, float]) -> Test:
+def compare_seeds(reference: dict[int, float], other: dict[int, float],
+                  alpha: float = ALPHA) -> Test:
     """The test of ``other`` against ``reference``, each {seed: value}.
+
+    ``alpha`` is the level at which the detectable difference and the seeds needed are stated:
+    a page of m comparisons passes ALPHA / m, the level Holm's correction asks of its first test.
 
     Paired when both ran the same seeds (two or more), Welch when both have two or more seeds,
     otherwise no test here (one seed each: McNemar, by the caller, when the seed is the same).
@@ -132,16 +137,18 @@ def compare_seeds(reference: dict[int, float], other: dict[int, float]) -> Test:
         seeds = sorted(reference)
         p = float(scipy.stats.ttest_rel([other[s] for s in seeds],
                                         [reference[s] for s in seeds]).pvalue)
-        return Test("paired t", delta, p, detectable=detectable(sd / np.sqrt(n), n - 1),
-                    seeds_needed=seeds_needed(delta, lambda k: sd / np.sqrt(k), lambda k: k - 1))
+        return Test("paired t", delta, p, detectable=detectable(sd / np.sqrt(n), n - 1,
+                                                                alpha=alpha),
+                    seeds_needed=seeds_needed(delta, lambda k: sd / np.sqrt(k), lambda k: k - 1,
+                                              alpha=alpha))
     if len(a) >= 2 and len(b) >= 2:
         va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
         if va == 0 and vb == 0:
             return _no_spread(delta, "Welch")
         se = float(np.sqrt(va / len(a) + vb / len(b)))
         return Test("Welch", delta, welch(a, b),
-                    detectable=detectable(se, _welch_df(va, vb, len(a), len(b))),
+                    detectable=detectable(se, _welch_df(va, vb, len(a), len(b)), alpha=alpha),
                     seeds_needed=seeds_needed(delta, lambda k: np.sqrt((va + vb) / k),
-                                              lambda k: _welch_df(va, vb, k, k)))
+                                              lambda k: _welch_df(va, vb, k, k), alpha=alpha))
     return Test("none", delta, note="one seed in a setting and different seeds in the other: "
                                     "no test")

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", nargs="+", default=["scratch"])
     ap.add_argument("--baseline", default="dataset",
                     help="the norm every other norm is compared with, under the same weights")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="further params for every experiment, e.g. train.epochs=1")
     ap.add_argument("--jobs", default="auto", help="experiments at once (local executor)")

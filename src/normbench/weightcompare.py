@@ -264,6 +264,7 @@ def verdicts(records: list[WeightRecord], baseline: str,
 
 # --- figures --------------------------------------------------------------------------------
 
+# pragma: no mutate block (to the end: plotting; `make mutation` covers the verdicts)
 def _colours(records: list[WeightRecord]) -> dict[str, tuple]:
     """Setting -> colour, the same in every panel and figure of one call. The colour follows
     the norm, so "minmax" is one colour in the scratch rows and in the imagenet rows (the row
