@@ -142,5 +142,5 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
         text = log.read_text()
         exp = re.search(r"Reproducing experiment '([^']+)'", text)
         if exp:
-            trained += [(exp.group(1), c) for c in re.findall(r"(resnet18-shapes-\d): best_acc", text)]
+            trained += [(exp.group(1), c) for c in re.findall(r"(resnet18-shapes-\d): final_acc", text)]
     assert len(trained) == len(set(trained)) == 4, trained
