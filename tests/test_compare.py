@@ -233,3 +233,164 @@ def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypa
     png = vf.verdict_figure(cells, result["tests"], "dataset")
     assert png.startswith(b"\x89PNG") and panels == [(1, 1)]
     assert labels == ["baseline", "better", "n.s."]  # dataset, minmax, none (Holm-adjusted)
+
+
+# --- make mutation: the verdicts in words, the marks, and the tables as the page shows them ---
+
+DYADIC = {"dataset": [0.5, 0.625, 0.75],  # exact in binary: deltas of exactly zero stay zero
+          "minmax": [0.75, 0.8125, 1.0], "none": [0.25, 0.3125, 0.5],
+          "instance": [0.75, 0.5, 0.625], "imagenet": [0.5, 0.625, 0.75]}
+
+
+def dyadic_show():
+    show = []
+    for norm, accs in DYADIC.items():
+        cells = {f"resnet18-digits-{seed}": acc for seed, acc in enumerate(accs, 1)}
+        if norm == "imagenet":  # this setting's seed 2 stayed at chance
+            cells["resnet18-digits-2"] = cell(0.1, learned=False)
+        if norm in ("dataset", "minmax"):  # one shared seed on shapes: McNemar
+            cells["resnet18-shapes-7"] = 0.5 if norm == "dataset" else 0.625
+        show.append(exp_entry(norm, norm, norm, cells))
+    return show
+
+
+def test_every_kind_of_verdict_in_words():
+    a = np.array([True] * 3 + [False] * 5)  # 8 test images: 1 right only for a, 2 only for b
+    b = np.array([True] * 2 + [False, True, True] + [False] * 3)
+    cells = select(parse_exp_show(dyadic_show()), PARAMS).cells
+    result = tables(cells, "dataset", lambda m, d: lambda *args: (a, b))
+    base = DYADIC["dataset"]
+    p = {n: scipy.stats.ttest_rel(DYADIC[n], base).pvalue for n in ("minmax", "none", "instance")}
+    p["mcnemar"] = scipy.stats.binomtest(1, 3).pvalue  # = 1
+    # Holm over the four p (imagenet has none), written out: none < minmax < instance = McNemar.
+    adj = {"none": 4 * p["none"]}
+    adj["minmax"] = max(adj["none"], 3 * p["minmax"])
+    adj["instance"] = adj["mcnemar"] = 1.0
+    tests = result["tests"].set_index(["dataset", "setting"])
+    instance = tests.loc[("digits", "norm=instance weights=scratch")]
+    assert instance["delta (points)"] == 0 and pd.isna(instance["seeds needed"])
+    assert pd.isna(tests.loc[("shapes", "norm=minmax weights=scratch"), "detectable (points)"])
+    against = " against norm=dataset weights=scratch, resnet18: "
+    lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
+    assert lines == [
+        "**digits**:<br>"
+        f"norm=imagenet weights=scratch{against}no test (-17.50 points; did not learn (final "
+        "accuracy not above chance): setting seed(s) 2: no verdict)<br>"
+        f"norm=instance weights=scratch{against}no significant difference (+0.00 points, paired "
+        f"t p=1, Holm-adjusted 1; this test could detect {instance['detectable (points)']:.2f} "
+        "points with 80% power at the page's corrected level, the observed +0.00 would need "
+        "more than 1000 seeds)<br>"
+        f"norm=minmax weights=scratch{against}better (+22.92 points, paired t "
+        f"p={p['minmax']:.3g}, Holm-adjusted {adj['minmax']:.3g})<br>"
+        f"norm=none weights=scratch{against}worse (-27.08 points, paired t p={p['none']:.3g}, "
+        f"Holm-adjusted {adj['none']:.3g})",
+        "**shapes**:<br>"
+        f"norm=minmax weights=scratch{against}no significant difference (+12.50 points, McNemar "
+        "p=1, Holm-adjusted 1)"]
+    table2 = result["table2"]
+    none = np.array(DYADIC["none"])
+    assert table2.loc[("resnet18", "norm=none weights=scratch"), "digits"] == (
+        f"{none.mean() * 100:.2f} ± {none.std(ddof=1) * 100:.2f} [red:-27.08] (*)")
+    assert table2.loc[("resnet18", "norm=imagenet weights=scratch"), "digits"].endswith(
+        " [red:-17.50] (no test)")  # (50 + 10 + 75) / 3 against 62.5 %: seed 2 at chance
+
+
+def test_marks_and_verdict_words_at_their_thresholds():
+    from normbench.compare import mark, verdict_word
+    from normbench.significance import Test
+
+    up, down = Test("paired t", 0.02, p=0.001), Test("Welch", -0.02, p=0.001)
+    assert [mark(up, q) for q in (None, 0.0099, 0.01, 0.049, 0.05)] == [
+        " (no test)", " (**)", " (*)", " (*)", " (n.s.)"]
+    assert [verdict_word(up, q) for q in (0.049, 0.05)] == ["better",
+                                                           "no significant difference"]
+    assert verdict_word(down, 0.049) == "worse"
+    assert verdict_word(Test("none", 0.0, note="identical in every seed: no difference"),
+                        None) == "no difference"
+    assert verdict_word(Test("none", 0.01, note="one seed in a setting"), None) == "no test"
+
+
+def test_a_lone_comparison_states_what_it_detects_at_alpha_itself():
+    show = [exp_entry("a", "a", "dataset", BASE), exp_entry("c", "c", "none", NONE)]
+    _, result = result_of(show)
+    (row,) = result["tests"].to_dict("records")
+    a, b = np.array([0.90, 0.91, 0.92]), np.array([0.905, 0.915, 0.9])
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    se, df = np.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    crit = scipy.stats.t.ppf(1 - 0.05 / 2, df)  # one comparison: alpha, uncorrected
+
+    def power(k):
+        return scipy.stats.nct.sf(crit, df, k) + scipy.stats.nct.cdf(-crit, df, k)
+    k80 = scipy.optimize.brentq(lambda k: power(k) - 0.8, 0, 8)  # power(8) > 0.99 here
+    assert row["detectable (points)"] == pytest.approx(k80 * se * 100, abs=0.006)
+    assert row["detectable (points)"] == round(row["detectable (points)"], 2)  # as shown
+
+
+def test_cells_that_did_not_learn_are_named_by_side_and_seed():
+    frame = lambda accs, learned: pd.DataFrame(  # noqa: E731
+        {"rev": "r", "final_acc": accs, "learned": learned}, index=pd.Index([1, 2, 3], name="seed"))
+    t = compare_pair(frame([0.1, 0.9, 0.1], [False, True, False]),
+                     frame([0.9, 0.1, 0.9], [True, False, None]), NO_PAIRS("m", "d"))
+    assert (t.test, t.p) == ("none", None) and t.delta == pytest.approx((1.9 - 1.1) / 3)
+    assert t.note == ("did not learn (final accuracy not above chance): baseline seed(s) 1, 3; "
+                      "setting seed(s) 2: no verdict")
+
+
+def test_the_mismatch_table_skips_other_weights_and_the_page_has_no_blank_column():
+    from normbench.compare import _table, side_by_side
+
+    show = [exp_entry("n1", "n1", "dataset", BASE, weights="imagenet"),  # sorts first
+            pretrained("m1", "pretraining", "minmax", BASE),
+            pretrained("m2", "minmax", "minmax", MINMAX)]
+    cells, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
+    assert result["mismatch"].to_dict("index") == {("resnet18", "cifar10", "minmax"): {
+        "minmax": "96.33 ± 1.53 [green:+5.33] (**)", "pretraining": "91.00 ± 1.00"}}
+    for name in ("mismatch", "table3"):
+        page = _table(result[name], True)
+        assert "<th></th>" not in page and page.count("<th>") == len(
+            result[name].reset_index().columns)
+    assert side_by_side(cells.iloc[:0], "final_acc").empty
+
+
+def test_left_out_lines_split_at_the_run_name_and_four_runs_are_counted():
+    from normbench.compare import group_left_out
+
+    why = "digits: code or data differ (dvc.lock hashes): data/digits, src/train.py"
+    assert group_left_out([f"r{i}, {why}" for i in range(4)]) == [
+        f"4 runs (r0, r1, r2, ...), {why}"]
+    assert group_left_out([f"r{i}, {why}" for i in range(3)]) == [f"r0, r1, r2, {why}"]
+
+
+def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
+    from normbench.compare import _format_tests, _markup, _table, held_fixed
+    from normbench.runs import Selection
+
+    assert _markup("a<br>b **91.00** [green:+1.00] [red:-2.00] <i>", True) == (
+        "a<br>b <b>91.00</b> <span style='color:green'>+1.00</span> "
+        "<span style='color:red'>-2.00</span> &lt;i&gt;")
+    assert _markup("[green:+1.00] [red:-2.00]", False) == (
+        "$\\textcolor{green}{+1.00}$ $\\textcolor{red}{-2.00}$")
+    df = pd.DataFrame({"value": ["0.10", "**1**"], "n": [1.5, np.nan]},
+                      index=pd.Index(["x", "y"], name="row"))
+    assert _table(df, True).split("<tbody>")[1].split() == (
+        "<tr> <td>x</td> <td>0.10</td> <td>1.5</td> </tr> "
+        "<tr> <td>y</td> <td><b>1</b></td> <td></td> </tr> </tbody> </table>").split()
+    assert _table(df, False).splitlines() == ["| row   | value   | n   |",
+                                             "|:------|:--------|:----|",
+                                             "| x     | 0.10    | 1.5 |",
+                                             "| y     | **1**   | nan |"]
+    assert _format_tests(pd.DataFrame({"p": [0.0123456], "p (Holm)": [0.5]})).to_dict(
+        "records") == [{"p": "0.0123", "p (Holm)": "0.5"}]
+    tests = pd.DataFrame({"p": [None, None], "p (Holm)": [None, None],  # no row has a test
+                          "seeds needed": [np.nan, 4.0], "note": [None, "why"]})
+    assert _format_tests(tests).to_dict("records") == [
+        {"p": "-", "p (Holm)": "-", "seeds needed": "", "note": ""},
+        {"p": "-", "p (Holm)": "-", "seeds needed": 4.0, "note": "why"}]
+    assert _format_tests(pd.DataFrame()).empty
+    fixed = Selection(pd.DataFrame(), [], pd.DataFrame(),
+                      {"digits": {"data.digits.seed": 0, "execution": "cuda bf16 eager"},
+                       "shapes": {"data.shapes.n": 500, "execution": EXEC}})
+    assert held_fixed(fixed).to_dict("records") == [  # a param of one dataset only: blank
+        {"param": "data.digits.seed", "digits": "0", "shapes": ""},
+        {"param": "execution", "digits": "cuda bf16 eager", "shapes": EXEC},
+        {"param": "data.shapes.n", "digits": "", "shapes": "500"}]

@@ -133,3 +133,196 @@ def test_pretraining_params_edited_without_repro_make_the_cell_stale():
     assert stale(edited, recorded, "resnet18-digits-1") == (
         "stale: params.yaml was edited without `dvc repro`: start.pretrained.norm=instance "
         "(dvc.lock: minmax)")
+
+
+# --- make mutation: what parsing, staleness and selection must get right ---------------------
+
+EXEC = "cpu fp32 eager"
+
+
+def cells_of(*names, acc=0.9, **metrics):
+    return {c: {"best_acc": acc, "final_acc": acc, "final_loss": 1.0, **metrics} for c in names}
+
+
+def test_parse_exp_show_reads_both_metrics_layouts_and_skips_what_is_not_a_run():
+    one = cells_of("resnet18-digits-1", execution=EXEC)
+    data = {"params": {"params.yaml": {"data": PARAMS}}}
+    entries = [
+        # The workspace is never a run of its own (its params are the reference).
+        {"rev": "workspace", "data": {**data, "metrics": {"metrics.json": {"data": one}}}},
+        {"rev": "0123456789abcdef", "data": {  # no name, no timestamp; metrics.json with means
+            **data, "metrics": {"metrics.json": {"data": {
+                **cells_of("efficientnet-b0-digits-3", execution=EXEC),  # a hyphen in the model
+                "efficientnet-b0-digits": {"final_acc_mean": 0.9}, "n": 1}}}}},
+        {"rev": "b2", "name": "old", "data": {  # an older commit: one metrics/<cell>.json a cell
+            **data, "timestamp": "2025-01-01", "metrics": {
+                "metrics/resnet18-shapes-2.json": {"data": one["resnet18-digits-1"]}}}},
+        {"rev": "c3", "name": "noweights", "data": {  # params without a setting: not a run
+            "params": {"params.yaml": {"data": {"norm": "dataset"}}},
+            "metrics": {"metrics.json": {"data": one}}}},
+        {"rev": "d4", "name": "nonorm", "data": {
+            "params": {"params.yaml": {"data": {"weights": "scratch"}}},
+            "metrics": {"metrics.json": {"data": one}}}},
+        {"rev": "e5", "name": "nometrics", "data": data},  # no cells: nothing to compare
+    ]
+    runs = parse_exp_show(entries)
+    assert [(r.rev, r.name, r.timestamp) for r in runs] == [
+        ("0123456789abcdef", "0123456", ""), ("b2", "old", "2025-01-01")]
+    assert list(runs[0].cells) == [("efficientnet-b0", "digits", 3)]
+    assert runs[1].cells == {("resnet18", "shapes", 2): one["resnet18-digits-1"]}
+
+
+def test_like_finds_experiments_by_name_and_reads_their_cells():
+    base = entry("a1b2c3d4", "main", {"resnet18-digits-1": 0.9}, "1")
+    exp = entry("f0e1d2c3", "exp-7", {"resnet18-digits-2": 0.8}, "2", train={"epochs": 2})
+    unnamed = entry("99887766554433", None, {}, "3")
+    entries = [{**base, "experiments": [{"revs": [{"name": "queued"}, exp]}]}, unnamed]
+    label, params, rev, cells = reference_params(entries, "exp-7")
+    assert (label, params["train"], rev) == ("exp-7", {"epochs": 2}, "f0e1d2c3")
+    assert list(cells) == [("resnet18", "digits", 2)]
+    _, _, rev, _ = reference_params(entries, "main")  # a name, not a prefix of its revision
+    assert rev == "a1b2c3d4"
+    # The workspace is the default even where it is listed after the commits.
+    workspace = {"rev": "workspace", "data": {"params": {"params.yaml": {"data": PARAMS}}}}
+    label, params, rev, cells = reference_params([base, workspace], None)
+    assert (label, rev, cells) == ("the workspace", None, {}) and params == PARAMS
+    # A run whose params name no setting: its params count, it has no cells to offer.
+    bare = {"rev": "abcdef1", "name": "bare", "data": {"params": {"params.yaml": {
+        "data": {"train": {"epochs": 3}}}}}}
+    assert reference_params([bare], "bare") == ("bare", {"train": {"epochs": 3}}, "abcdef1", {})
+    with pytest.raises(ValueError) as e:
+        reference_params(entries, "nope")
+    assert str(e.value) == ("no run 'nope' with params to compare like; valid choices: 9988776, "
+                            "exp-7, main, queued")
+
+
+def test_learning_params_keep_the_start_block_of_the_runs_own_weights_only():
+    from normbench.runs import learning_params
+
+    params = {**PARAMS, "weights": "pretrained", "start": {
+        "pretrained": {"norm": "minmax", "seed": 0, "epochs": 5}, "imagenet": {"mirror": "x"}}}
+    assert learning_params(params, "shapes") == {
+        "weights_version": "IMAGENET1K_V1", "speed.amp": "auto", "train.epochs": 8,
+        "train.batch_size": 256, "data.shapes.images_per_class": 500,
+        "start.pretrained.seed": 0, "start.pretrained.epochs": 5}
+    assert learning_params({**PARAMS, "start": {"imagenet": {}}}, "digits") == {
+        "weights_version": "IMAGENET1K_V1", "speed.amp": "auto", "train.epochs": 8,
+        "train.batch_size": 256, "data.digits.seed": 0, "start.scratch": None}
+
+
+def test_cell_deps_leave_out_the_start_file_and_read_either_hash_key():
+    from normbench.runs import cell_deps
+
+    recorded = {"train@resnet18-digits-1": {"deps": [
+        {"path": "src/normbench/train.py", "md5": "aa11"},
+        {"path": "data/digits", "hash": "ff99"},  # a dependency recorded by another hash key
+        {"path": "starts/resnet18.pt", "md5": "5555"}]}}
+    assert cell_deps(recorded, "resnet18-digits-1") == {"src/normbench/train.py": "aa11",
+                                                       "data/digits": "ff99"}
+    assert cell_deps(recorded, "resnet18-digits-2") is None
+
+
+def test_stale_names_every_param_that_changed_and_what_is_missing():
+    recorded = lock(CODE, weights_version="IMAGENET1K_V1", train={"epochs": 8, "warmup": None})
+    recorded["train@efficientnet-b0-digits-1"] = recorded.pop("train@resnet18-digits-1")
+    recorded["start@efficientnet-b0"] = {"params": {"params.yaml": {
+        "start.pretrained": {"norm": "minmax"}}}}
+    params = {k: v for k, v in PARAMS.items() if k != "weights_version"}  # removed since
+    params["train"] = {"epochs": 4}
+    assert stale(params, recorded, "efficientnet-b0-digits-1") == (
+        "stale: params.yaml was edited without `dvc repro`: start.pretrained.norm=(missing) "
+        "(dvc.lock: minmax); train.epochs=4 (dvc.lock: 8); train.warmup=(missing) (dvc.lock: "
+        "None); weights_version=(missing) (dvc.lock: IMAGENET1K_V1)")
+
+
+def test_key_differences_name_missing_params_and_every_changed_dependency():
+    from normbench.runs import Key
+
+    key = Key({"train.epochs": 8, "train.warmup": None}, {"a.py": "1", "b.py": "2", "c.py": "3"},
+              EXEC)
+    assert key.differences({"train.epochs": 8, "train.lr": None}, None, EXEC) == [
+        "train.lr=None (compared: (missing))", "train.warmup=(missing) (compared: None)"]
+    assert key.differences({"train.epochs": 8, "train.warmup": None},
+                           {"a.py": "9", "b.py": "2", "d.py": "4"}, EXEC) == [
+        "code or data differ (dvc.lock hashes): a.py, c.py, d.py"]
+
+
+def test_the_reference_lock_and_execution_win_over_the_newest_run():
+    # The reference ran digits with CODE on a CPU; the newest run has other code, the next one
+    # ran on a GPU, the oldest matches. Shapes: the reference has no cell, so the newest sets it.
+    runs = parse_exp_show([entry("a1", "newcode", {"resnet18-digits-1": 0.9}, "3"),
+                           entry("b2", "gpu", {"resnet18-digits-1": 0.8}, "2"),
+                           entry("c3", "match", {"resnet18-digits-1": 0.7,
+                                                 "resnet18-shapes-1": 0.6}, "1")])
+    md5 = "0123456789abcdef0123456789abcdef"
+    reference_lock = lock({**CODE, "data/digits": md5})
+    runs[0].lock = lock({**CODE, "src/normbench/train.py": "bb22"})
+    runs[1].lock = reference_lock
+    runs[1].cells[("resnet18", "digits", 1)]["execution"] = "cuda bf16 eager"
+    runs[2].lock = {**reference_lock,
+                    "train@resnet18-shapes-1": reference_lock["train@resnet18-digits-1"]}
+    sel = select(runs, PARAMS, reference_lock, {("resnet18", "digits", 1): {"execution": EXEC}})
+    assert sel.cells.run.to_dict() == {
+        ("norm=dataset weights=scratch", "resnet18", "digits", 1): "match",
+        ("norm=dataset weights=scratch", "resnet18", "shapes", 1): "match"}
+    assert sel.cells.rev.tolist() == ["c3", "c3"]
+    assert sel.left_out == [
+        "newcode, digits: code or data differ (dvc.lock hashes): data/digits, "
+        "src/normbench/train.py",
+        "gpu, digits: ran as cuda bf16 eager (compared: cpu fp32 eager)"]
+    assert sel.fixed["digits"]["dvc.lock data/digits"] == "01234567"  # 8 characters shown
+    assert sel.fixed["shapes"]["execution"] == EXEC  # set by the match run's shapes cell
+
+
+def test_other_weights_kinds_share_the_references_code_and_execution_not_its_start_block():
+    imagenet = {"start": {"imagenet": {"mirror": "a"}, "pretrained": {"norm": "minmax", "seed": 1}}}
+    runs = parse_exp_show([
+        entry("a1", "imagenet-gpu", {"resnet18-digits-1": 0.9}, "4", weights="imagenet",
+              **imagenet),
+        entry("b2", "imagenet", {"resnet18-digits-1": 0.8}, "3", weights="imagenet", **imagenet),
+        entry("c3", "pretrained", {"resnet18-digits-1": 0.7}, "2", weights="pretrained",
+              **imagenet),
+        entry("d4", "pretrained-seed2", {"resnet18-digits-1": 0.6}, "1", weights="pretrained",
+              start={"pretrained": {"norm": "minmax", "seed": 2}})])
+    runs[0].cells[("resnet18", "digits", 1)]["execution"] = "cuda bf16 eager"
+    reference = {**PARAMS, **imagenet}  # a scratch run whose params.yaml has both start blocks
+    sel = select(runs, reference, None, {("resnet18", "digits", 1): {"execution": EXEC}})
+    assert sel.cells.run.tolist() == ["imagenet", "pretrained"]
+    assert sel.left_out == [
+        "imagenet-gpu, digits: ran as cuda bf16 eager (compared: cpu fp32 eager)",
+        "pretrained-seed2, digits: start.pretrained.seed=2 (compared: 1)"]
+
+
+def test_reasons_of_one_dataset_add_up_and_the_next_cell_is_still_judged():
+    runs = parse_exp_show([entry("a1", "half", {"resnet18-digits-1": 0.9,
+                                                "resnet18-digits-2": 0.8}, "1")])
+    runs[0].lock = lock({**CODE, "data/digits": "ee00.dir"})  # seed 1: other data
+    runs[0].lock["train@resnet18-digits-2"] = lock(CODE)["train@resnet18-digits-1"]
+    stale_run = parse_exp_show([entry("b2", "nolock", {"resnet18-digits-4": 0.7}, "0")])[0]
+    stale_run.lock = {}
+    sel = select([*runs, stale_run], PARAMS, lock(CODE),
+                 {("resnet18", "digits", 1): {"execution": EXEC}})
+    assert sel.cells.run.to_dict() == {
+        ("norm=dataset weights=scratch", "resnet18", "digits", 2): "half"}
+    assert sel.left_out == [
+        "half, digits: code or data differ (dvc.lock hashes): data/digits",
+        "nolock, digits: stale: dvc.lock has no entry for the cell (run `dvc repro`)"]
+    runs[0].lock["train@resnet18-digits-2"] = {}  # now no cell matches
+    runs[0].cells[("resnet18", "digits", 2)]["execution"] = "cuda bf16 eager"
+    sel = select(runs, PARAMS, lock(CODE), {("resnet18", "digits", 1): {"execution": EXEC}})
+    assert sel.cells.empty and sel.fixed == {}
+    assert sel.left_out == ["half, digits: code or data differ (dvc.lock hashes): data/digits; "
+                            "code or data differ (dvc.lock hashes): data/digits, "
+                            "src/normbench/train.py; ran as cuda bf16 eager (compared: cpu "
+                            "fp32 eager)"]
+
+
+def test_cells_from_before_execution_was_recorded_compare_with_each_other():
+    runs = parse_exp_show([entry("a1", "old", {"resnet18-digits-1": 0.9}, "1")])
+    del runs[0].cells[("resnet18", "digits", 1)]["execution"]
+    sel = select(runs, PARAMS, None, {("resnet18", "digits", 2): {}})
+    assert sel.cells.run.tolist() == ["old"] and sel.left_out == []
+    assert sel.fixed["digits"]["execution"] == "(missing)"
+    # Against a reference that recorded how it ran, such a cell is left out.
+    sel = select(runs, PARAMS, None, {("resnet18", "digits", 2): {"execution": EXEC}})
+    assert sel.left_out == ["old, digits: ran as (missing) (compared: cpu fp32 eager)"]

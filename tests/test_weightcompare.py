@@ -140,3 +140,150 @@ def test_figures_one_png_per_model_and_dataset():
     assert all(png.startswith(b"\x89PNG") for png in pngs.values())
     with open("/tmp/weightcompare.png", "wb") as f:  # to look at
         f.write(pngs["weights_resnet18-digits.png"])
+
+
+# --- make mutation: the verdict lines, the tests table and the permutation test's edges ------
+
+def by_hand_drift(r, role):
+    """Final drift of a record from its samples (the whole tensor here), not its summary."""
+    w0, w = r.samples[role][0], r.samples[role][-1]
+    return np.linalg.norm(w - w0) / np.linalg.norm(w0)
+
+
+def test_verdict_lines_and_the_tests_table_in_full():
+    minmax, instance = "norm=minmax weights=scratch", "norm=instance weights=scratch"
+    imagenet = "norm=none weights=imagenet"  # no norm=dataset weights=imagenet runs
+    records = [r for r in grid(planted=True) if "none" not in r.setting]
+    records += [record(instance, 1, 0.0, 0.01)] + [record(imagenet, s, 0.0, 0.01) for s in (1, 2)]
+    lines, table = verdicts(records, "dataset")
+    drifts = {(s, role): [by_hand_drift(r, role) for r in records if r.setting == s]
+              for s in (BASE, minmax, instance, imagenet) for role in ROLES}
+    raw = {role: scipy.stats.ttest_rel(drifts[(minmax, role)], drifts[(BASE, role)]).pvalue
+           for role in ROLES}
+    lo, hi = sorted(raw.values())  # Holm over the two drift tests of the page
+    adjusted = {role: 2 * lo if raw[role] == lo else max(2 * lo, hi) for role in ROLES}
+    expected_lines = []
+    for role, layer in zip(ROLES, ("first conv (conv1)", "deeper conv (layer4.1.conv2)")):
+        ours, ref = (100 * np.mean(drifts[(s, role)]) for s in (minmax, BASE))
+        expected_lines.append(
+            f"**resnet18 on digits, {layer}**, against norm=dataset: moved the weights "
+            f"differently beyond what changing the seed does: minmax, scratch (final drift "
+            f"{ours:.3g} % vs {ref:.3g} %, paired t p={raw[role]:.3g}, Holm-adjusted "
+            f"{adjusted[role]:.3g}). No significant difference: no setting. No verdict: "
+            "instance, scratch (one seed in a setting and different seeds in the other: no "
+            "test); none, imagenet (no norm=dataset weights=imagenet runs).")
+    assert lines == expected_lines
+    assert list(table.columns) == [
+        "model", "dataset", "layer", "setting", "reference", "seeds", "final drift (%)", "test",
+        "p", "p (Holm)", "note", "W1 between settings", "W1 between seeds",
+        "permutation p (described)", "smallest permutation p"]
+    rows = table.set_index(["layer", "setting"])
+    layer = "first conv (conv1)"
+    d = np.array(drifts[(BASE, "first_conv")]) * 100
+    assert rows.loc[(layer, BASE)].to_dict() == {
+        "model": "resnet18", "dataset": "digits", "reference": BASE, "seeds": 3,
+        "final drift (%)": f"{d.mean():.2f} ± {d.std(ddof=1):.2f}", "note": "", "test": "",
+        "p": "", "p (Holm)": "", "W1 between settings": "", "W1 between seeds": "",
+        "permutation p (described)": "", "smallest permutation p": ""}
+    finals = {s: [r.samples["first_conv"][-1] for r in records if r.setting == s]
+              for s in (minmax, BASE)}
+    between = np.mean([scipy.stats.wasserstein_distance(x, y)
+                       for x in finals[minmax] for y in finals[BASE]])
+    row = rows.loc[(layer, minmax)]
+    assert (row["seeds"], row["test"], row["note"]) == (3, "paired t", "")
+    assert (row["p"], row["p (Holm)"]) == (f"{raw['first_conv']:.3g}",
+                                           f"{adjusted['first_conv']:.3g}")
+    assert row["W1 between settings"] == f"{between:.3g}"
+    assert (row["permutation p (described)"], row["smallest permutation p"]) == ("0.1", "0.1")
+    row = rows.loc[(layer, instance)]
+    assert (row["seeds"], row["test"], row["p"], row["p (Holm)"]) == (1, "none", "-", "-")
+    assert (row["W1 between settings"], row["smallest permutation p"]) == ("", "")
+    assert row["final drift (%)"] == f"{drifts[(instance, 'first_conv')][0] * 100:.2f}"
+    row = rows.loc[(layer, imagenet)]
+    assert (row["note"], row["test"], row["p"]) == ("no norm=dataset weights=imagenet runs", "",
+                                                    "")
+
+
+def test_a_missing_reference_and_a_setting_that_did_not_learn_are_both_named():
+    records = [r for r in grid(planted=False) if r.setting == "norm=none weights=scratch"]
+    lines, table = verdicts(records, "dataset", {("norm=none weights=scratch", "resnet18",
+                                                  "digits")})
+    assert table.note.tolist() == ["no norm=dataset weights=scratch runs; norm=none "
+                                   "weights=scratch did not learn"] * len(ROLES)
+    assert lines[0].endswith("No verdict: none (no norm=dataset weights=scratch runs; "
+                             "norm=none weights=scratch did not learn).")
+
+
+def test_an_adjusted_p_of_exactly_alpha_is_no_difference(monkeypatch):
+    import normbench.weightcompare as wc
+    from normbench.significance import Test
+
+    monkeypatch.setattr(wc, "compare_seeds", lambda ref, other: Test("paired t", 0.1, p=0.0125))
+    lines, table = verdicts(grid(planted=True), "dataset")
+    assert set(table["p (Holm)"]) == {"", "0.05"}  # Holm: 4 x 0.0125 for the first of four
+    for line in lines:
+        assert "beyond what changing the seed does: no setting." in line
+
+
+def test_compare_layer_by_hand_with_two_seeds_each():
+    from normbench.weightcompare import compare_layer
+
+    minmax = "norm=minmax weights=scratch"
+    group = {s: [record(s, seed, 0.3 if s == minmax else 0.0, 0.05) for seed in (1, 2)]
+             for s in (BASE, minmax)}
+    t = compare_layer(group, minmax, BASE, "deep_conv")
+    drift = {s: [by_hand_drift(r, "deep_conv") for r in rs] for s, rs in group.items()}
+    assert (t.setting, t.reference, t.n) == (minmax, BASE, (2, 2))
+    assert t.drift == pytest.approx((100 * np.mean(drift[minmax]), 100 * np.mean(drift[BASE])))
+    assert t.test.p == pytest.approx(scipy.stats.ttest_rel(drift[minmax], drift[BASE]).pvalue)
+    finals = {s: [r.samples["deep_conv"][-1] for r in rs] for s, rs in group.items()}
+    cross = [scipy.stats.wasserstein_distance(x, y) for x in finals[minmax] for y in finals[BASE]]
+    within = [scipy.stats.wasserstein_distance(*finals[s]) for s in (minmax, BASE)]
+    assert t.w1 == pytest.approx((np.mean(cross), np.mean(within)))
+    assert t.perm_min_p == pytest.approx(2 / 6) and t.perm_p == pytest.approx(2 / 6)
+
+
+def test_statistic_w1_means_and_per_epoch_by_hand():
+    from normbench.weightcompare import _statistic, per_epoch, w1_means
+
+    dist = np.array([[0, 1, 4, 6], [1, 0, 5, 7], [4, 5, 0, 2], [6, 7, 2, 0]], dtype=float)
+    # Groups {0, 1} and {2, 3}: cross pairs 4, 6, 5, 7 (mean 5.5), same pairs 1 and 2 (mean 1.5).
+    assert _statistic(dist, np.array([True, True, False, False])) == pytest.approx(4.0)
+    assert w1_means([np.zeros(2)], [np.array([1.0, 3.0])]) == (2.0, pytest.approx(np.nan,
+                                                                                  nan_ok=True))
+    records = [record(BASE, seed, 0.1, 0.01) for seed in (1, 2)]
+    table = per_epoch(records, "first_conv", "std")
+    assert table.columns.tolist() == [1, 2] and table.index.tolist() == list(range(EPOCHS))
+    assert table[2].tolist() == pytest.approx([records[1].samples["first_conv"][e].std()
+                                               for e in range(EPOCHS)])
+
+
+def test_permutation_p_edges():
+    # Two seeds against three (C(5, 2) = 10 labelings, no label swap): only the identity puts
+    # the zeros together, so p = 1/10.
+    assert permutation_p([np.zeros(3)] * 2, [np.ones(3)] * 3) == pytest.approx(0.1)
+    # The same p in any units of the weights (the tie tolerance scales with the distances).
+    rng = np.random.default_rng(5)
+    a = [rng.normal(0, 1, 50) for _ in range(3)]
+    b = [rng.normal(0.5, 1, 50) for _ in range(3)]
+    p = permutation_p(a, b)
+    for scale in (1e-12, 1e6):
+        assert permutation_p([x * scale for x in a], [x * scale for x in b]) == p
+    # Beyond EXACT_LIMIT labelings: 9999 seeded draws and the identity, so p is a multiple of
+    # 1/10000 and never 0. 9 against 12 seeds: only the identity separates zeros from ones (a
+    # draw repeats it with probability 9999 / C(21, 9) = 0.03).
+    assert permutation_p([np.zeros(3)] * 9, [np.ones(3)] * 12) == pytest.approx(1e-4)
+    # 10 against 10 with one outlier: every balanced labeling gives the statistic 0, so p = 1.
+    assert permutation_p([np.zeros(3)] * 10, [np.zeros(3)] * 9 + [np.ones(3)]) == 1.0
+    # The seeded draws make p reproducible.
+    a = [rng.normal(0, 1, 20) for _ in range(10)]
+    b = [rng.normal(0, 1, 20) for _ in range(10)]
+    assert permutation_p(a, b) == permutation_p(a, b)
+
+
+def test_labels_name_the_pretraining_norm_where_the_weights_differ():
+    settings = ["norm=minmax weights=pretrained pretrain=instance",
+                "norm=dataset weights=pretrained pretrain=minmax"]
+    assert label(settings[0], settings) == "minmax, pretrained on instance"
+    assert label("norm=minmax weights=imagenet", [BASE, "norm=minmax weights=imagenet"]) == (
+        "minmax, imagenet")
