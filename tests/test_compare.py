@@ -269,6 +269,7 @@ def test_every_kind_of_verdict_in_words():
     tests = result["tests"].set_index(["dataset", "setting"])
     instance = tests.loc[("digits", "norm=instance weights=scratch")]
     assert instance["delta (points)"] == 0 and pd.isna(instance["seeds needed"])
+    assert instance["detectable (points)"] == round(instance["detectable (points)"], 2)
     assert pd.isna(tests.loc[("shapes", "norm=minmax weights=scratch"), "detectable (points)"])
     against = " against norm=dataset weights=scratch, resnet18: "
     lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
@@ -389,8 +390,42 @@ def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
     assert _format_tests(pd.DataFrame()).empty
     fixed = Selection(pd.DataFrame(), [], pd.DataFrame(),
                       {"digits": {"data.digits.seed": 0, "execution": "cuda bf16 eager"},
-                       "shapes": {"data.shapes.n": 500, "execution": EXEC}})
+                       "shapes": {"train.lr": 0.1, "data.shapes.n": 500, "execution": EXEC}})
     assert held_fixed(fixed).to_dict("records") == [  # a param of one dataset only: blank
         {"param": "data.digits.seed", "digits": "0", "shapes": ""},
         {"param": "execution", "digits": "cuda bf16 eager", "shapes": EXEC},
+        {"param": "train.lr", "digits": "", "shapes": "0.1"},
         {"param": "data.shapes.n", "digits": "", "shapes": "500"}]
+
+
+def power_at(k, df, alpha):
+    """Two-sided power of a t-test at a noncentrality of k standard errors (scipy's noncentral
+    t gives NaN far in its tails, where the far tail is 0 and the near one 1)."""
+    crit = scipy.stats.t.ppf(1 - alpha / 2, df)
+    return (np.nan_to_num(scipy.stats.nct.sf(crit, df, k), nan=1.0)
+            + np.nan_to_num(scipy.stats.nct.cdf(-crit, df, k), nan=0.0))
+
+
+def test_detectable_and_seeds_needed_are_stated_at_the_pages_corrected_level():
+    _, result = result_of()  # two comparisons: alpha / 2
+    tests = result["tests"].set_index("setting")
+    alpha = 0.05 / 2
+    # Paired (minmax): the per-seed differences 5, 5 and 6 points.
+    d = np.array([0.95, 0.96, 0.98]) - np.array([0.90, 0.91, 0.92])
+    sd = d.std(ddof=1)
+    k80 = scipy.optimize.brentq(lambda k: power_at(k, 2, alpha) - 0.8, 0, 40)
+    minmax = tests.loc["norm=minmax weights=scratch"]
+    assert minmax["detectable (points)"] == pytest.approx(k80 * sd / np.sqrt(3) * 100, abs=0.006)
+    need = next(n for n in range(2, 1001)
+                if power_at(d.mean() / (sd / np.sqrt(n)), n - 1, alpha) >= 0.8)
+    assert minmax["seeds needed"] == need
+    # Welch (none): n seeds a side with the observed variances.
+    va = np.var([0.90, 0.91, 0.92], ddof=1)
+    vb = np.var([0.905, 0.915, 0.9], ddof=1)
+    delta = np.mean([0.905, 0.915, 0.9]) - 0.91
+
+    def welch_df(n):
+        return (va / n + vb / n) ** 2 / ((va / n) ** 2 / (n - 1) + (vb / n) ** 2 / (n - 1))
+    need = next(n for n in range(2, 1001)
+                if power_at(delta / np.sqrt((va + vb) / n), welch_df(n), alpha) >= 0.8)
+    assert tests.loc["norm=none weights=scratch", "seeds needed"] == need

@@ -326,3 +326,20 @@ def test_cells_from_before_execution_was_recorded_compare_with_each_other():
     # Against a reference that recorded how it ran, such a cell is left out.
     sel = select(runs, PARAMS, None, {("resnet18", "digits", 2): {"execution": EXEC}})
     assert sel.left_out == ["old, digits: ran as (missing) (compared: cpu fp32 eager)"]
+    # And the other way round: a reference without it leaves out cells that have it.
+    runs = parse_exp_show([entry("b2", "new", {"resnet18-digits-1": 0.9}, "1")])
+    sel = select(runs, PARAMS, None, {("resnet18", "digits", 2): {}})
+    assert sel.left_out == ["new, digits: ran as cpu fp32 eager (compared: (missing))"]
+
+
+def test_other_weights_kinds_are_held_to_the_references_dvc_lock():
+    runs = parse_exp_show([entry("a1", "imagenet-newcode", {"resnet18-digits-1": 0.9}, "2",
+                                 weights="imagenet"),
+                           entry("b2", "imagenet", {"resnet18-digits-1": 0.8}, "1",
+                                 weights="imagenet")])
+    runs[0].lock = lock({**CODE, "src/normbench/train.py": "bb22"}, weights="imagenet")
+    runs[1].lock = lock(CODE, weights="imagenet")
+    sel = select(runs, PARAMS, lock(CODE), {("resnet18", "digits", 1): {"execution": EXEC}})
+    assert sel.cells.run.tolist() == ["imagenet"]
+    assert sel.left_out == ["imagenet-newcode, digits: code or data differ (dvc.lock hashes): "
+                            "src/normbench/train.py"]

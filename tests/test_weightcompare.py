@@ -1,3 +1,4 @@
+import itertools
 import zlib
 
 import numpy as np
@@ -275,10 +276,12 @@ def test_permutation_p_edges():
     assert permutation_p([np.zeros(3)] * 9, [np.ones(3)] * 12) == pytest.approx(1e-4)
     # 10 against 10 with one outlier: every balanced labeling gives the statistic 0, so p = 1.
     assert permutation_p([np.zeros(3)] * 10, [np.zeros(3)] * 9 + [np.ones(3)]) == 1.0
-    # The seeded draws make p reproducible.
+    # The seeded draws make p reproducible (here p is near 0.58: unseeded draws would give
+    # three equal estimates with a chance of about 1e-5).
+    rng = np.random.default_rng(11)
     a = [rng.normal(0, 1, 20) for _ in range(10)]
     b = [rng.normal(0, 1, 20) for _ in range(10)]
-    assert permutation_p(a, b) == permutation_p(a, b)
+    assert permutation_p(a, b) == permutation_p(a, b) == permutation_p(a, b)
 
 
 def test_labels_name_the_pretraining_norm_where_the_weights_differ():
@@ -287,3 +290,34 @@ def test_labels_name_the_pretraining_norm_where_the_weights_differ():
     assert label(settings[0], settings) == "minmax, pretrained on instance"
     assert label("norm=minmax weights=imagenet", [BASE, "norm=minmax weights=imagenet"]) == (
         "minmax, imagenet")
+
+
+def test_one_seed_gets_the_drift_but_no_distances_and_lists_join_with_semicolons():
+    from normbench.weightcompare import compare_layer
+
+    group = {BASE: [record(BASE, s, 0.0, 0.01) for s in (1, 2)],
+             "norm=minmax weights=scratch": [record("norm=minmax weights=scratch", 3, 0.2, 0.01)]}
+    t = compare_layer(group, "norm=minmax weights=scratch", BASE, "first_conv")
+    assert (t.setting, t.reference, t.n) == ("norm=minmax weights=scratch", BASE, (1, 2))
+    assert t.drift == pytest.approx(
+        (100 * by_hand_drift(group["norm=minmax weights=scratch"][0], "first_conv"),
+         100 * np.mean([by_hand_drift(r, "first_conv") for r in group[BASE]])))
+    assert (t.test.p, t.w1, t.perm_p, t.perm_min_p) == (None, None, None, None)
+    # Two settings that differ and two that do not, per layer.
+    records = grid(planted=True) + [
+        record(s, seed, 0.3 if "instance" in s else 0.0, 0.05 if "instance" in s else 0.01)
+        for s in ("norm=instance weights=scratch", "norm=imagenet weights=scratch")
+        for seed in (1, 2, 3)]
+    lines, table = verdicts(records, "dataset")
+    for line in lines:
+        differ, same = line.split(" No significant difference: ")
+        assert differ.count("(final drift") == 2 and "); minmax (final drift" in differ
+        assert differ.startswith(differ.split(": ")[0] + ": moved the weights differently "
+                                 "beyond what changing the seed does: instance (final drift")
+        assert same.startswith("imagenet (final drift") and "); none (final drift" in same
+    row = table[(table.setting == "norm=instance weights=scratch")].iloc[0]
+    finals = [[r.samples["first_conv"][-1] for r in records if r.setting == s]
+              for s in ("norm=instance weights=scratch", BASE)]
+    within = np.mean([scipy.stats.wasserstein_distance(x, y) for group in finals
+                      for x, y in itertools.combinations(group, 2)])
+    assert row["W1 between seeds"] == f"{within:.3g}"
