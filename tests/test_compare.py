@@ -207,8 +207,8 @@ def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
     _, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
     table = result["mismatch"]
     row = table.loc[("resnet18", "cifar10", "minmax")]
-    assert row["pretraining"] == "91.00 ± 1.00"
-    assert row["dataset"].startswith("96.33 ± 1.53 [green:+5.33] (")
+    assert row["fine-tuned: pretraining"] == "91.00 ± 1.00"
+    assert row["fine-tuned: dataset"].startswith("96.33 ± 1.53 [green:+5.33] (")
     tests = result["tests"]
     matched = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=minmax"]
     (p,) = matched.p
@@ -216,7 +216,7 @@ def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
     # Instance pretraining: seeds 4-6 against 1-3, so Welch.
     welch = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=instance"]
     assert welch.test.tolist() == ["Welch"]
-    assert table.loc[("resnet18", "cifar10", "instance"), "pretraining"] == "90.67 ± 0.76"
+    assert table.loc[("resnet18", "cifar10", "instance"), "fine-tuned: pretraining"] == "90.67 ± 0.76"
 
 
 def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypatch):
@@ -345,7 +345,8 @@ def test_the_mismatch_table_skips_other_weights_and_the_page_has_no_blank_column
             pretrained("m2", "minmax", "minmax", MINMAX)]
     cells, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
     assert result["mismatch"].to_dict("index") == {("resnet18", "cifar10", "minmax"): {
-        "minmax": "96.33 ± 1.53 [green:+5.33] (**)", "pretraining": "91.00 ± 1.00"}}
+        "fine-tuned: minmax": "96.33 ± 1.53 [green:+5.33] (**)",
+        "fine-tuned: pretraining": "91.00 ± 1.00"}}
     for name in ("mismatch", "table3"):
         page = _table(result[name], True)
         assert "<th></th>" not in page and page.count("<th>") == len(
@@ -429,3 +430,18 @@ def test_detectable_and_seeds_needed_are_stated_at_the_pages_corrected_level():
     need = next(n for n in range(2, 1001)
                 if power_at(delta / np.sqrt((va + vb) / n), welch_df(n), alpha) >= 0.8)
     assert tests.loc["norm=none weights=scratch", "seeds needed"] == need
+    k80 = scipy.optimize.brentq(lambda k: power_at(k, welch_df(3), alpha) - 0.8, 0, 40)
+    welch = k80 * np.sqrt((va + vb) / 3) * 100  # 3.4446: shown as 3.44
+    assert tests.loc["norm=none weights=scratch", "detectable (points)"] == round(welch, 2)
+
+
+def test_a_fine_tuning_norm_named_dataset_does_not_clash_with_the_dataset_column(tmp_path):
+    show = [pretrained("m1", "pretraining", "minmax", BASE),
+            pretrained("m2", "dataset", "minmax", MINMAX)]
+    reference = {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}}
+    runs = parse_exp_show(show)
+    selection = select(runs, reference)
+    result = tables(selection.cells, "dataset", NO_PAIRS)
+    write(tmp_path, "dataset", runs, selection, result, None, None,
+          WeightSection([], pd.DataFrame(), {}))
+    assert "fine-tuned: dataset" in (tmp_path / "README.md").read_text()

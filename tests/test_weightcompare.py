@@ -321,3 +321,10 @@ def test_one_seed_gets_the_drift_but_no_distances_and_lists_join_with_semicolons
     within = np.mean([scipy.stats.wasserstein_distance(x, y) for group in finals
                       for x, y in itertools.combinations(group, 2)])
     assert row["W1 between seeds"] == f"{within:.3g}"
+
+
+def test_a_lone_cell_is_listed_without_a_verdict():
+    lines, table = verdicts([record(BASE, 1, 0.0, 0.01)], "dataset")
+    assert lines == []  # nothing to compare it with
+    assert table.layer.tolist() == ["first conv (conv1)", "deeper conv (layer4.1.conv2)"]
+    assert (table.seeds == 1).all() and (table.reference == BASE).all()

@@ -206,7 +206,7 @@ def mismatch_table(cells: pd.DataFrame, marks: dict) -> pd.DataFrame:
             continue
         matched = baseline_of(setting, PRETRAINING)
         rows.append({"model": model, "dataset": dataset, "pretrained with": parts["pretrain"],
-                     "fine-tuned with": parts["norm"],
+                     "fine-tuned with": f"fine-tuned: {parts['norm']}",
                      "value": mean_pm_std(group[VERDICT_FIGURE])
                      + marks.get((model, dataset, setting, matched), "")})
     if not rows:
@@ -233,7 +233,7 @@ def side_by_side(cells: pd.DataFrame, figure: str) -> pd.DataFrame:
 
 
 def _fmt_p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
+    return "-" if p is None or pd.isna(p) else f"{p:.3g}"
 
 
 def _sentence(r) -> str:

@@ -130,7 +130,8 @@ def reference_params(entries: list[dict], like: str | None
             run = _run_from(rev)
             git_rev = None if rev.get("rev") == "workspace" else rev["rev"]
             return (like or "the workspace"), params, git_rev, run.cells if run else {}
-    names = sorted({r.get("name") or r.get("rev", "")[:7] for r in revs} - {"workspace"})
+    names = sorted({r.get("name") or r.get("rev", "")[:7] for r in revs
+                    if r.get("rev") != "workspace"})
     raise ConfigError(f"no run {like!r} with params to compare like; valid choices: "
                       f"{', '.join(names)}")
 
