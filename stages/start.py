@@ -37,7 +37,7 @@ def main() -> None:
               f"{record['test_acc']:.4f}", flush=True)
 
     start = make_start(kind, model, require(params, f"start.{kind}"), mirror, device, speed,
-                       on_epoch)
+                       on_epoch, require(params, "per_model"))
     with atomic_path(args.out) as tmp:
         torch.save(start, tmp)
     done = (f", source {start['source']} final test_acc {start['metrics']['final_acc']:.4f}"

@@ -49,7 +49,8 @@ def main() -> None:
     norm_name = check_norm(require(params, "norm"))
     weights = WEIGHTS.check(require(params, "weights"))
     mirror = check_mirror(require(params, "weights_mirror"))
-    cfg = TrainConfig.from_params(require(params, "train"))
+    cfg = TrainConfig.from_params(require(params, "train")).for_model(
+        require(params, "per_model"), model_name)
     device = resolve_device(require(params, "device"))
     speed = SpeedConfig.from_params(require(params, "speed")).resolve(device)
     arrays = load_arrays(args.data)

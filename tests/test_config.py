@@ -39,6 +39,31 @@ def test_unknown_and_missing_keys_are_named():
         check_block([1], {"a": int}, "data.x")
 
 
+def test_a_model_of_per_model_trains_with_its_own_keys_and_only_it():
+    shared = TrainConfig.from_params(GOOD)
+    per_model = {"vgg16": {"lr": 0.0001, "batch_size": 64}}
+    own = shared.for_model(per_model, "vgg16")
+    assert (own.lr, own.batch_size, own.epochs) == (0.0001, 64, GOOD["epochs"])
+    assert shared.for_model(per_model, "resnet18") == shared
+    assert shared.for_model({}, "vgg16") == shared
+
+
+@pytest.mark.parametrize("per_model, message", [
+    ({"vgg16": {"learning_rate": 0.1}}, r"per_model.vgg16 must be a mapping of train keys.*"
+                                        r"valid keys: epochs, batch_size"),
+    ({"vgg16": {"lr": -1.0}}, "per_model.vgg16: train.lr must be > 0"),
+    ({"vgg16": {"batch_size": "64"}}, "per_model.vgg16: train.batch_size must be int"),
+    ({"vgg16": 0.1}, "per_model.vgg16 must be a mapping of train keys"),
+    ([0.1], "per_model must be a mapping of model name to train keys"),
+    ({"vgg19": {"lr": 0.1}}, "unknown model 'vgg19'; valid choices: resnet18"),
+])
+def test_per_model_names_models_and_train_keys_or_fails_saying_which(per_model, message, params):
+    from normbench.grid import check_grid
+
+    with pytest.raises(ConfigError, match=message):
+        check_grid({**params, "per_model": per_model})
+
+
 def test_grid_validates_names_against_registries():
     params = {"models": ["resnet18"], "datasets": ["digits", "shapes"], "seeds": [1, 2]}
     assert len(Grid.from_params(params).cells()) == 4

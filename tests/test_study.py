@@ -23,6 +23,19 @@ def test_plan_names_say_what_an_experiment_runs():
                                                      ("imagenet", (1,)), ("imagenet", (2,))]
 
 
+
+def test_the_mismatch_study_plans_norm_pretraining_only_for_pretrained_weights():
+    exps = plan(["pretraining", "dataset"], ["scratch", "pretrained"], [1],
+                pretrain_norms=["dataset", "minmax"])
+    assert [e.setting for e in exps] == [
+        "norm=dataset weights=scratch",
+        "norm=pretraining weights=pretrained pretrain=dataset",
+        "norm=dataset weights=pretrained pretrain=dataset",
+        "norm=pretraining weights=pretrained pretrain=minmax",
+        "norm=dataset weights=pretrained pretrain=minmax"]
+    assert "-S" in exps[-1].set_args() and "start.pretrained.norm=minmax" in exps[-1].set_args()
+
+
 LOG = """Reproducing experiment 'x'
 Running stage 'download@shapes':
 Stage 'train@resnet18-shapes-1' is cached - skipping run, checking out outputs

@@ -96,6 +96,25 @@ class TrainConfig:
         SCHEDULERS.check(cfg.scheduler)
         return cfg
 
+    def for_model(self, per_model: Any, model: str) -> "TrainConfig":
+        """This config with ``per_model[model]``'s keys in place of the shared ones.
+
+        ``per_model`` (params.yaml) gives a model its own budget where the shared one leaves it
+        at chance, e.g. ``{vgg16: {lr: 0.0001}}``: a model not named trains with this config.
+        """
+        if not isinstance(per_model, Mapping):
+            raise ConfigError(f"per_model must be a mapping of model name to train keys, "
+                              f"got {type(per_model).__name__} {per_model!r}")
+        own = per_model.get(model) or {}
+        fields = typing.get_type_hints(TrainConfig)
+        if not isinstance(own, Mapping) or not set(own) <= set(fields):
+            raise ConfigError(f"per_model.{model} must be a mapping of train keys, got {own!r}; "
+                              f"valid keys: {', '.join(fields)}")
+        try:
+            return TrainConfig.from_params({**{k: getattr(self, k) for k in fields}, **own})
+        except ConfigError as e:
+            raise ConfigError(f"per_model.{model}: {e}") from None
+
 
 def resolve_device(name: Any) -> torch.device:
     """The device a cell trains on; asking for CUDA without it is an error.

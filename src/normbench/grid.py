@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from normbench.config import check_type, require
+from normbench.config import TrainConfig, check_type, require
 from normbench.datasets import DATASETS
 from normbench.models import MODELS
 from normbench.registry import ConfigError, Registry
@@ -50,4 +50,15 @@ def check_grid(params: Mapping[str, Any]) -> Grid:
     grid = Grid.from_params(params)
     for dataset in grid.datasets:
         require(params, f"data.{dataset}")
+    check_per_model(params)
     return grid
+
+
+def check_per_model(params: Mapping[str, Any]) -> None:
+    """``per_model`` names models of the registry, each with valid train keys."""
+    per_model = require(params, "per_model")
+    shared = TrainConfig.from_params(require(params, "train"))
+    for model in per_model if isinstance(per_model, Mapping) else [None]:
+        if model is not None:
+            MODELS.check(model)
+        shared.for_model(per_model, model)

@@ -100,8 +100,12 @@ def check_start(params: Mapping[str, Any], models: list[str]) -> str:
 # --- making a start -----------------------------------------------------------------------
 
 def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
-             speed: SpeedConfig, on_epoch=lambda record: None) -> dict:
-    """Train ``model_name`` on the source dataset: the self-describing start of its cells."""
+             speed: SpeedConfig, on_epoch=lambda record: None, per_model: Any = None) -> dict:
+    """Train ``model_name`` on the source dataset: the self-describing start of its cells.
+
+    ``per_model`` (params.yaml's) overrides the pretraining's train keys for this model, as it
+    does a cell's: a model's own budget applies to both.
+    """
     from normbench.datasets import build_dataset
     from normbench.models import build_model
     from normbench.stats import channel_stats
@@ -111,13 +115,14 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
     stats = channel_stats(arrays.train.images)
     seed_everything(cfg.seed)
     model = build_model(model_name, len(arrays.classes))
-    result = train_cell(model, arrays, NORMALIZATIONS[cfg.norm], stats, cfg.train, cfg.seed,
+    train = cfg.train.for_model(per_model or {}, model_name)
+    result = train_cell(model, arrays, NORMALIZATIONS[cfg.norm], stats, train, cfg.seed,
                         device, on_epoch=on_epoch, speed=speed)
     return {
         "kind": "pretrained", "model": model_name, "state_dict": result.final_state,
         "source": cfg.source, "source_data": cfg.data, "classes": arrays.classes,
         "norm": cfg.norm, "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
-        "seed": cfg.seed, "train": dataclasses.asdict(cfg.train), "metrics": {
+        "seed": cfg.seed, "train": dataclasses.asdict(train), "metrics": {
             k: v for k, v in result.metrics().items()
             if k not in ("train_seconds", "images_per_s", "peak_gpu_mib")},
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
@@ -125,7 +130,7 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
 
 
 def make_start(kind: str, model: str, block: Any, mirror: str | None, device: torch.device,
-               speed: SpeedConfig, on_epoch=lambda record: None) -> dict:
+               speed: SpeedConfig, on_epoch=lambda record: None, per_model: Any = None) -> dict:
     """The start file's contents for ``kind`` (see the module docstring)."""
     if kind == "scratch":
         return {"kind": "scratch", "model": model}
@@ -135,7 +140,7 @@ def make_start(kind: str, model: str, block: Any, mirror: str | None, device: to
         version = imagenet_version(block, model)
         fetch(weights_entry(model, version), mirror)  # verified now, not after hours of data
         return {"kind": "imagenet", "model": model, "version": version}
-    return pretrain(model, PretrainConfig.from_params(block), device, speed, on_epoch)
+    return pretrain(model, PretrainConfig.from_params(block), device, speed, on_epoch, per_model)
 
 
 # --- using a start ------------------------------------------------------------------------

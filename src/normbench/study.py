@@ -19,12 +19,12 @@ from typing import Callable
 
 import yaml
 
-from normbench.config import SpeedConfig, TrainConfig, load_params, require
-from normbench.grid import Grid, cell_name
+from normbench.config import SpeedConfig, load_params, require
+from normbench.grid import Grid, cell_name, check_per_model
 from normbench.io import run_main
 from normbench.models import WEIGHTS
 from normbench.normalizations import NORMALIZATIONS
-from normbench.pretrain import NORM_CHOICES, check_norm, check_start
+from normbench.pretrain import NORM_CHOICES, PRETRAINING, check_norm, check_start
 from normbench.registry import ConfigError
 from normbench.runs import exp_show
 
@@ -74,6 +74,8 @@ def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str
         for p in (pretrain_norms if w == "pretrained" else [None]):
             pretrain = (f"start.pretrained.norm={p}",) if p else ()
             for n in norms:
+                if n == PRETRAINING and w == "scratch":
+                    continue  # scratch weights were never pretrained: no such setting
                 for group in groups:
                     seeds_arg = "seeds=[" + ",".join(map(str, group)) + "]"
                     exps.append(Experiment(n, w, group, (f"norm={n}", f"weights={w}", *pretrain,
@@ -146,7 +148,7 @@ def check_study(repo: Path, experiments: list[Experiment]) -> None:
     for exp in experiments:
         params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
         check_start(params, Grid.from_params(params).models)
-        TrainConfig.from_params(require(params, "train"))
+        check_per_model(params)  # the train block too
         SpeedConfig.from_params(require(params, "speed"))
 
 
