@@ -56,6 +56,7 @@ def test_a_model_of_per_model_trains_with_its_own_keys_and_only_it():
     ({"vgg16": 0.1}, "per_model.vgg16 must be a mapping of train keys"),
     ([0.1], "per_model must be a mapping of model name to train keys"),
     ({"vgg19": {"lr": 0.1}}, "unknown model 'vgg19'; valid choices: resnet18"),
+    ({"vgg16": {}}, r"per_model has no entry for resnet18; add `resnet18: \{\}`"),
 ])
 def test_per_model_names_models_and_train_keys_or_fails_saying_which(per_model, message, params):
     from normbench.grid import check_grid

@@ -50,15 +50,20 @@ def check_grid(params: Mapping[str, Any]) -> Grid:
     grid = Grid.from_params(params)
     for dataset in grid.datasets:
         require(params, f"data.{dataset}")
-    check_per_model(params)
+    check_per_model(params, grid.models)
     return grid
 
 
-def check_per_model(params: Mapping[str, Any]) -> None:
-    """``per_model`` names models of the registry, each with valid train keys."""
+def check_per_model(params: Mapping[str, Any], models: list[str]) -> None:
+    """``per_model`` names models of the registry, each with valid train keys, and has an entry
+    for each of ``models``: a cell depends on ``per_model.<its model>`` (dvc.yaml)."""
     per_model = require(params, "per_model")
     shared = TrainConfig.from_params(require(params, "train"))
     for model in per_model if isinstance(per_model, Mapping) else [None]:
         if model is not None:
             MODELS.check(model)
         shared.for_model(per_model, model)
+    for model in models:
+        if model not in per_model:
+            raise ConfigError(f"per_model has no entry for {model}; add `{model}: {{}}` under "
+                              "per_model in params.yaml (the shared train block)")

@@ -147,8 +147,9 @@ def check_study(repo: Path, experiments: list[Experiment]) -> None:
     """Every experiment's params are valid before anything is queued or submitted."""
     for exp in experiments:
         params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
-        check_start(params, Grid.from_params(params).models)
-        check_per_model(params)  # the train block too
+        models = Grid.from_params(params).models
+        check_start(params, models)
+        check_per_model(params, models)  # the train block too
         SpeedConfig.from_params(require(params, "speed"))
 
 
