@@ -116,8 +116,8 @@ def steps() -> list[Step]:
           for m in MODELS],
         *[queue(f"queue-densenet121-j{n}", "densenet121", n, "4: cells per GPU")
           for n in (2, 4)],
-        Step("grid-cost", (PY, "bench/grid_cost.py"), "5: GPU-hours of the seed study's grid",
-             needs=()),
+        Step("grid-cost", (PY, "bench/grid_cost.py"),
+             "5: GPU-hours of the seed grid and the mismatch recipe", needs=()),
     ]
 
 

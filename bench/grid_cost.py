@@ -1,7 +1,9 @@
-"""GPU-hours of the seed study's grid at measured rates: seed-style loop against normbench.
+"""GPU-hours of the seed study's grid and of the mismatch recipe at measured rates.
 
-The grid: 4 models x 4 datasets (Tiny-ImageNet at 64 px) x 4 settings x 100 epochs, one seed,
-each epoch one pass over the train split and one over the test split. Rates come from
+The seed grid: 4 models x 4 datasets (Tiny-ImageNet at 64 px) x 4 settings x 100 epochs, one
+seed. The mismatch recipe (docs/pretraining.md): each model pretrained on Tiny-ImageNet under
+each pretraining norm, then fine-tuned on CIFAR-10, CIFAR-100 and SVHN under each fine-tuning
+norm and seed. Each epoch is one pass over the train split and one over the test split. Rates come from
 bench/train_speed.py (one cell per GPU: the seed-style reference loop and normbench's fast loop)
 and, where measured, bench/queue_speed.py (several cells per GPU: the aggregate speed-up of
 `dvc queue start -j N` over -j 1 for the same model).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -26,9 +29,29 @@ GRID_DATASETS = {"cifar10": (50_000, 10_000, 32), "cifar100": (50_000, 10_000, 3
 GRID_SETTINGS, GRID_EPOCHS = 4, 100
 
 
-def grid_hours(rows: list[dict], loop: str,
-               cells_per_gpu: dict[str, float] | None = None) -> tuple[float, list[str]] | None:
-    """GPU-hours of the grid at ``loop``'s rates, and the assumptions made; None if unmeasured.
+@dataclass(frozen=True)
+class Work:
+    """One model's cells on one dataset: how many, and the epochs of each."""
+
+    dataset: str
+    cells: int
+    epochs: int
+
+
+SEED_GRID = [Work(d, GRID_SETTINGS, GRID_EPOCHS) for d in GRID_DATASETS]
+# make study WEIGHTS=pretrained PRETRAIN_NORMS="dataset minmax" NORMS="pretraining dataset minmax"
+# SEEDS="1 2 3" on the real data: one pretraining per pretraining norm, then a fine-tuning cell
+# per target x pretraining norm x fine-tuning norm x seed.
+RECIPE_PRETRAIN_NORMS, RECIPE_NORMS, RECIPE_SEEDS = 2, 3, 3
+RECIPE = [Work("tiny_imagenet_200", RECIPE_PRETRAIN_NORMS, GRID_EPOCHS)] + [
+    Work(d, RECIPE_PRETRAIN_NORMS * RECIPE_NORMS * RECIPE_SEEDS, GRID_EPOCHS)
+    for d in ("cifar10", "cifar100", "svhn")]
+
+
+def grid_hours(rows: list[dict], loop: str, cells_per_gpu: dict[str, float] | None = None,
+               grid: list[Work] = SEED_GRID) -> tuple[float, list[str]] | None:
+    """GPU-hours of ``grid`` (per model) at ``loop``'s rates, and the assumptions made; None if
+    unmeasured.
 
     A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels); each cell pays
     its warm-up twice (full and last partial batch each get a graph). ``cells_per_gpu`` divides
@@ -38,7 +61,8 @@ def grid_hours(rows: list[dict], loop: str,
     rates = {(r["model"], r["size"]): r for r in rows if r["loop"] == loop}
     hours, notes = 0.0, []
     for model in GRID_MODELS:
-        for n_train, n_test, size in GRID_DATASETS.values():
+        for work in grid:
+            n_train, n_test, size = GRID_DATASETS[work.dataset]
             r, scale = rates.get((model, size)), 1.0
             if r is None and (model, 32) in rates:
                 r, scale = rates[(model, 32)], (32 / size) ** 2
@@ -46,7 +70,7 @@ def grid_hours(rows: list[dict], loop: str,
             if r is None:
                 return None
             per_epoch = n_train / (r["train_img_s"] * scale) + n_test / (r["eval_img_s"] * scale)
-            seconds = GRID_SETTINGS * ((GRID_EPOCHS + 1) * per_epoch + 2 * r["warmup_s"])
+            seconds = work.cells * ((work.epochs + 1) * per_epoch + 2 * r["warmup_s"])
             speedup = (cells_per_gpu or {}).get(model, 1.0) if size == 32 else 1.0
             hours += seconds / speedup / 3600
     return hours, sorted(set(notes))
@@ -72,8 +96,6 @@ def queue_speedups(rows: list[dict]) -> dict[str, tuple[int, float]]:
 def summary(speed_rows: list[dict], queue_rows: list[dict]) -> str:
     latest = {(r["model"], r["size"], r["loop"]): r for r in speed_rows}
     rows = list(latest.values())
-    lines = [f"The seed grid ({len(GRID_MODELS)} models x {len(GRID_DATASETS)} datasets x "
-             f"{GRID_SETTINGS} settings x {GRID_EPOCHS} epochs, one seed):", ""]
     speedups = queue_speedups(queue_rows)
     estimates = [("seed-style loop, one cell per GPU", "reference", None),
                  ("normbench plain loop (fp32), one cell per GPU", "plain", None),
@@ -82,15 +104,26 @@ def summary(speed_rows: list[dict], queue_rows: list[dict]) -> str:
         shown = ", ".join(f"{m} -j {j} ({s:.2f}x)" for m, (j, s) in sorted(speedups.items()))
         estimates.append((f"normbench fast loop, several cells per GPU: {shown}", "fast",
                           {m: s for m, (_, s) in speedups.items()}))
-    for label, loop, per_gpu in estimates:
-        estimate = grid_hours(rows, loop, per_gpu)
-        if estimate is None:
-            lines.append(f"- {label}: not every grid model measured ({', '.join(GRID_MODELS)})")
-            continue
-        hours, notes = estimate
-        lines.append(f"- {label}: **{hours:.1f} GPU-hours**"
-                     + (f" ({'; '.join(notes)})" if notes else ""))
-    return "\n".join(lines) + "\n"
+    lines = []
+    grids = [(f"The seed grid ({len(GRID_MODELS)} models x {len(GRID_DATASETS)} datasets x "
+              f"{GRID_SETTINGS} settings x {GRID_EPOCHS} epochs, one seed)", SEED_GRID),
+             (f"The mismatch recipe ({len(GRID_MODELS)} models, each pretrained on "
+              f"tiny_imagenet_200 under {RECIPE_PRETRAIN_NORMS} norms, then fine-tuned on 3 "
+              f"targets x {RECIPE_NORMS} norms x {RECIPE_SEEDS} seeds; {GRID_EPOCHS} epochs each)",
+              RECIPE)]
+    for title, grid in grids:
+        lines += [f"{title}:", ""]
+        for label, loop, per_gpu in estimates:
+            estimate = grid_hours(rows, loop, per_gpu, grid)
+            if estimate is None:
+                lines.append(f"- {label}: not every grid model measured "
+                             f"({', '.join(GRID_MODELS)})")
+                continue
+            hours, notes = estimate
+            lines.append(f"- {label}: **{hours:.1f} GPU-hours**"
+                         + (f" ({'; '.join(notes)})" if notes else ""))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:

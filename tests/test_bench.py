@@ -51,6 +51,20 @@ def test_benchmark_times_both_loops_and_prints_the_ratio(tmp_path):
     assert "amp none, compile none, deterministic |" in table
 
 
+def test_the_mismatch_recipe_counts_its_pretraining_and_every_fine_tuning_cell():
+    grid = importlib.import_module("grid_cost")
+    rows = [{"model": m, "size": size, "loop": "fast", "train_img_s": 1_000.0 * 32 / size,
+             "eval_img_s": 5_000.0, "warmup_s": 10.0}
+            for m in grid.GRID_MODELS for size in (32, 64)]
+    hours, _ = grid.grid_hours(rows, "fast", grid=grid.RECIPE)
+    pretraining = 2 * (101 * (100_000 / 500 + 10_000 / 5_000) + 2 * 10)  # 2 norms, 64 px
+    fine_tuning = sum(2 * 3 * 3 * (101 * (n / 1_000 + t / 5_000) + 2 * 10)  # 18 cells each
+                      for n, t in ((50_000, 10_000), (50_000, 10_000), (73_257, 26_032)))
+    assert hours == pytest.approx(4 * (pretraining + fine_tuning) / 3600)
+    text = grid.summary(rows, [])
+    assert text.count("GPU-hours**") == 2 and "The mismatch recipe" in text
+
+
 def test_queue_speed_up_divides_only_the_32_px_cells():
     grid = importlib.import_module("grid_cost")
     rows = [{"model": m, "size": size, "loop": "fast", "train_img_s": 8_000.0 * 32 / size,
