@@ -6,7 +6,10 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup system-packages repro test weights compare study figure clean-venv mutation
 
+# pyproject.toml's requires-python, checked before anything is installed.
 $(STAMP): requirements.txt pyproject.toml
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' || \
+		{ echo "normbench needs Python >= 3.11.4 (hashlib.file_digest, tarfile's extraction filters); python3 is $$(python3 -V)"; exit 1; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import pickle
+import shutil
 import tarfile
 import urllib.request
 import zipfile
@@ -181,10 +182,15 @@ def jpeg(colour, grey=False) -> bytes:
     return out.getvalue()
 
 
+# The archive above is the real layout at a small size: these are its whole counts.
+SMALL_TINY = sources.TinyCounts(classes=3, train_per_class=2, val=3)
+
+
 def test_tiny_imagenet_zip_with_val_as_test(tmp_path, http_server, monkeypatch):
     base, served = http_server
     written = write_tiny_imagenet(served)
     monkeypatch.setattr(sources, "TINY_IMAGENET_MD5", written["md5"])
+    monkeypatch.setattr(sources, "TINY_IMAGENET_COUNTS", SMALL_TINY)
     arrays = build_dataset("tiny_imagenet_200", {}, source(tmp_path, mirror=base))
     assert arrays.train.images.shape == (6, 64, 64, 3)  # 64 x 64 stays 64 x 64
     assert arrays.test.images.shape == (3, 64, 64, 3)
@@ -195,6 +201,80 @@ def test_tiny_imagenet_zip_with_val_as_test(tmp_path, http_server, monkeypatch):
     assert np.abs(first - [20, 100, 250]).max() <= 4
     grey = arrays.train.images[5, 32, 32]
     assert grey[0] == grey[1] == grey[2]  # a greyscale JPEG becomes three equal channels
+
+
+def tiny_root(tmp_path: Path) -> Path:
+    """A data_root holding the small archive's tree, extracted."""
+    root = tmp_path / "root"
+    write_tiny_imagenet(tmp_path)
+    with zipfile.ZipFile(tmp_path / "tiny-imagenet-200.zip") as z:
+        z.extractall(root)
+    return root
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: (t / "train/n01629819/images/n01629819_1.JPEG").unlink(),
+     r"is incomplete: train images per class must be 2: n01629819 has 1"),
+    (lambda t: shutil.rmtree(t / "train/n01641577"),
+     r"is incomplete: .*n01641577 has 0"),
+    (lambda t: (t / "val/images/val_2.JPEG").unlink(),
+     r"is incomplete: 1 listed val images are absent \(e.g. .*val_2.JPEG\)"),
+    (lambda t: (t / "wnids.txt").write_text("n01443537\nn01629819\n"),
+     r"val_annotations.txt names n01641577, which is not in .*wnids.txt"),
+    (lambda t: [(t / "wnids.txt").write_text("n01443537\nn01629819\n"),
+                (t / "val/val_annotations.txt").write_text("val_0.JPEG\tn01443537\n"
+                                                           "val_1.JPEG\tn01629819\n")],
+     r"is incomplete: 2 classes in wnids.txt, not 3; val_annotations.txt lists 2 images, "
+     r"not 3"),
+])
+def test_a_partial_tiny_imagenet_is_refused_naming_what_is_missing(tmp_path, monkeypatch,
+                                                                     damage, message):
+    monkeypatch.setattr(sources, "TINY_IMAGENET_COUNTS", SMALL_TINY)
+    root = tiny_root(tmp_path)
+    whole = build_dataset("tiny_imagenet_200", {}, source(tmp_path, root=root))
+    assert len(whole.train.labels) == 6 and len(whole.test.labels) == 3
+    damage(root / "tiny-imagenet-200")
+    with pytest.raises(ConfigError, match=f"data_root .* lacks a verified copy of "
+                                          f"tiny_imagenet_200 \\(.*{message}"):
+        build_dataset("tiny_imagenet_200", {}, source(tmp_path, root=root))
+
+
+def test_the_real_counts_are_the_official_ones():
+    assert sources.TINY_IMAGENET_COUNTS == sources.TinyCounts(200, 500, 10_000)
+
+
+def test_a_crashed_decoding_worker_is_reported_as_a_crash_not_as_missing_files(
+        tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+    from normbench.io import StageFailed
+
+    monkeypatch.setattr(sources, "TINY_IMAGENET_COUNTS", SMALL_TINY)
+    root = tiny_root(tmp_path)
+
+    class Crashing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, *args, **kwargs):
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(sources, "ProcessPoolExecutor", Crashing)
+    fetched = []
+    monkeypatch.setattr(sources, "_fetch_archive", lambda *a: fetched.append(a))
+    with pytest.raises(StageFailed, match="a JPEG decoding worker crashed while reading "
+                                          "tiny_imagenet_200 train .*not at fault"):
+        build_dataset("tiny_imagenet_200", {}, source(tmp_path, root=root))
+    downloaded = source(tmp_path)
+    shutil.copytree(root, downloaded.folder("tiny_imagenet_200"))
+    with pytest.raises(StageFailed, match="worker crashed"):  # from download_dir: no re-fetch
+        build_dataset("tiny_imagenet_200", {}, downloaded)
+    assert fetched == []  # a crash is no reason to fetch and extract the archive again
 
 
 def test_path_traversal_archives_are_refused(tmp_path):

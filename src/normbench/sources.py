@@ -1,8 +1,11 @@
 """The real datasets of the seed study: fetched, checksum-verified, safely extracted, converted.
 
 Files and checksums are torchvision's own (its CIFAR and SVHN classes), plus the official
-Tiny-ImageNet-200 zip. Every file is verified before it is opened; CIFAR's pickled batches are
-unpickled only by torchvision after its own per-file MD5 check.
+Tiny-ImageNet-200 zip. Every downloaded archive and every CIFAR and SVHN file is MD5-verified
+before it is opened (CIFAR's pickled batches are unpickled only by torchvision after its own
+per-file check). Tiny-ImageNet's 110,000 JPEGs have no per-file checksums: its zip is verified,
+and an extracted or ``data_root`` tree is counted (200 classes x 500 train images, 10,000 val
+images) so that a partial tree is refused, never built smaller.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import tempfile
 import urllib.request
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,10 +28,23 @@ import torchvision
 from tqdm import tqdm
 
 from normbench.arrays import Split
+from normbench.io import StageFailed
 from normbench.registry import ConfigError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+@dataclass(frozen=True)
+class TinyCounts:
+    """What a whole Tiny-ImageNet-200 tree holds."""
+
+    classes: int = 200
+    train_per_class: int = 500
+    val: int = 10_000
+
+
+TINY_IMAGENET_COUNTS = TinyCounts()
 DEFAULT_DOWNLOAD_DIR = "~/.cache/normbench"  # shared by every clone of the project
 DOWNLOAD_TIMEOUT = 60  # seconds without data before a download is given up
 
@@ -144,6 +161,8 @@ def _verified_or_fetched(load, name: str, source: Source, url: str, archive_md5:
     folder = source.folder(name)
     try:
         return load(folder)
+    except StageFailed:
+        raise  # a crash while reading (a RuntimeError too), not missing data
     except RuntimeError as e:
         if source.root is not None:
             raise ConfigError(f"data_root {folder} lacks a verified copy of {name} ({e}); "
@@ -194,10 +213,42 @@ def _read_rgb(path: str) -> np.ndarray:
 
 
 def _read_all(paths: list[str], desc: str) -> np.ndarray:
-    """Decode JPEGs on all cores, in order."""
-    with ProcessPoolExecutor() as pool:
-        images = list(tqdm(pool.map(_read_rgb, paths, chunksize=256), total=len(paths), desc=desc))
+    """Decode JPEGs on all cores, in order.
+
+    A worker that dies (killed for memory, say) is reported as the crash it is: as a
+    RuntimeError it would read as missing files, and the archive would be extracted again.
+    """
+    try:
+        with ProcessPoolExecutor() as pool:
+            images = list(tqdm(pool.map(_read_rgb, paths, chunksize=256), total=len(paths),
+                               desc=desc))
+    except BrokenProcessPool as e:
+        raise StageFailed(f"a JPEG decoding worker crashed while reading {desc} ({e}); the "
+                          "files are not at fault: free memory (each worker decodes 256 images "
+                          "at a time) and run the stage again") from None
     return np.stack(images) if images else np.empty((0, 64, 64, 3), np.uint8)
+
+
+def _check_tiny_counts(base: Path, wnids: list[str], train: list[tuple[str, int]],
+                       val: list[tuple[str, int]]) -> None:
+    """Refuse a partial tree, naming what is missing (RuntimeError: as torchvision's checks)."""
+    want = TINY_IMAGENET_COUNTS
+    missing = []
+    if len(wnids) != want.classes:
+        missing.append(f"{len(wnids)} classes in wnids.txt, not {want.classes}")
+    per_class = np.bincount([y for _, y in train], minlength=len(wnids))
+    short = [f"{wnids[i]} has {n}" for i, n in enumerate(per_class) if n != want.train_per_class]
+    if short:
+        missing.append(f"train images per class must be {want.train_per_class}: "
+                       + ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5
+                                                 else ""))
+    if len(val) != want.val:
+        missing.append(f"val_annotations.txt lists {len(val)} images, not {want.val}")
+    absent = [p for p, _ in val if not os.path.isfile(p)]
+    if absent:
+        missing.append(f"{len(absent)} listed val images are absent (e.g. {absent[0]})")
+    if missing:
+        raise RuntimeError(f"{base} is incomplete: " + "; ".join(missing))
 
 
 def _tiny_imagenet_from(folder: Path) -> tuple[Split, Split, list[str]]:
@@ -215,11 +266,17 @@ def _tiny_imagenet_from(folder: Path) -> tuple[Split, Split, list[str]]:
     classes = [words.get(w, w) for w in wnids]
     train = sorted((str(p), index[w]) for w in wnids
                    for p in (base / "train" / w / "images").glob("*.JPEG"))
+    annotations = base / "val" / "val_annotations.txt"
+    if not annotations.is_file():
+        raise RuntimeError(f"{annotations} not found")
     val = []
-    for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+    for line in annotations.read_text().splitlines():
         filename, wnid = line.split("\t")[:2]
+        if wnid not in index:
+            raise RuntimeError(f"{annotations} names {wnid}, which is not in {wnids_file}")
         val.append((str(base / "val" / "images" / filename), index[wnid]))
     val.sort()
+    _check_tiny_counts(base, wnids, train, val)
 
     def split(items, desc):
         return Split(_read_all([p for p, _ in items], desc),
