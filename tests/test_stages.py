@@ -1,5 +1,6 @@
 """The stage entry points fail fast, with the fix in the message, and overwrite nothing."""
 
+import json
 import time
 
 import pytest
@@ -111,9 +112,9 @@ def test_imagenet_weights_offline_fail_before_training(project, tmp_path, closed
     assert not (tmp_path / "plots").exists()
 
 
-def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(project, tmp_path):
-    """What `scancel` or `dvc queue kill` does to a running cell: no temporary folder remains."""
-    import signal
+def start_a_long_cell(project, tmp_path, epochs: int = 50):
+    """A train cell with an earlier run's curve in place, started and past its first epoch:
+    (the process, every file's bytes before it started)."""
     import subprocess
     import sys
 
@@ -126,10 +127,10 @@ def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(proje
     arrays = make_shapes(40, 0.5, 0)
     save_arrays(arrays, tmp_path / "data" / "digits")
     write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
-    (tmp_path / "plots" / CELL).mkdir(parents=True)
+    (tmp_path / "plots" / CELL).mkdir(parents=True, exist_ok=True)
     (tmp_path / "plots" / CELL / "old.tsv").write_text("an earlier run's curve\n")
     cwd = project(device="cpu", train={**yaml.safe_load((ROOT / "params.yaml").read_text())[
-        "train"], "epochs": 50, "batch_size": 16})
+        "train"], "epochs": epochs, "batch_size": 16})
     start = run_stage(cwd, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
     assert start.returncode == 0, start.stderr  # scratch: the start file, nothing trained
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -139,8 +140,41 @@ def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(proje
     for line in proc.stdout:
         if "epoch   1" in line:  # training, with its temporary folders in place
             break
+    return proc, before
+
+
+def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(project, tmp_path):
+    """What `scancel` or `dvc queue kill` does to a running cell: no temporary folder remains."""
+    import signal
+
+    proc, before = start_a_long_cell(project, tmp_path)
     assert list((tmp_path / "plots").glob(f".{CELL}.*")), "the cell should be writing by now"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # no leftover temporary, no output touched
+
+
+def test_a_cell_killed_outright_leaves_its_partial_outputs_where_no_stage_looks(project,
+                                                                                 tmp_path):
+    """SIGKILL runs no cleanup: in a DVC repository the half-written outputs sit in DVC's temp
+    folder, not in plots/ (a dependency of the report), and the cell's next run removes them."""
+    import signal
+
+    from normbench.io import PARTIAL_DIR
+
+    (tmp_path / ".dvc").mkdir()
+    proc, before = start_a_long_cell(project, tmp_path)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    outside = lambda: {p: p.read_bytes() for p in tmp_path.rglob("*")  # noqa: E731
+                       if p.is_file() and ".dvc" not in p.relative_to(tmp_path).parts}
+    assert outside() == {p: b for p, b in before.items() if ".dvc" not in p.parts}
+    assert [p.name for p in (tmp_path / PARTIAL_DIR).iterdir() if CELL in p.name], \
+        "the killed cell's partial outputs should be in DVC's temp folder"
+    again = run_stage(project(device="cpu", train={**yaml.safe_load(
+        (tmp_path / "params.yaml").read_text())["train"], "epochs": 1}), "train",
+        *train_args(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert list((tmp_path / PARTIAL_DIR).iterdir()) == []  # the rerun removed the leftovers
+    assert json.loads((tmp_path / "metrics" / f"{CELL}.json").read_text())["epochs"] == 1

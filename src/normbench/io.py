@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -24,15 +26,36 @@ class StageFailed(RuntimeError):
     """
 
 
+# Where outputs are written before their one rename, when a stage runs at the root of a DVC
+# repository (as DVC runs it): DVC's own temp folder, which no stage reads and no hash covers,
+# so a killed cell's half-written folder never changes another stage's dependency.
+PARTIAL_DIR = Path(".dvc") / "tmp" / "partial"
+
+
+def _temporary_home(path: Path) -> tuple[Path, str]:
+    """The folder for ``path``'s temporaries and their name prefix (one per output path)."""
+    if PARTIAL_DIR.parent.parent.is_dir():
+        PARTIAL_DIR.mkdir(parents=True, exist_ok=True)
+        if PARTIAL_DIR.stat().st_dev == path.parent.stat().st_dev:  # a rename cannot cross
+            key = hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:16]
+            return PARTIAL_DIR, f"{key}-{path.name}.partial-"
+    return path.parent, f".{path.name}.partial-"  # outside a repository: a hidden sibling
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success it replaces ``path`` in one rename.
+    """Yield a temporary path for ``path``; on success it replaces ``path`` in one rename.
 
     Works for files and folders. On failure the temporary is removed and ``path`` is untouched.
+    A run killed outright (SIGKILL runs no ``finally``) leaves its temporary behind, in
+    :data:`PARTIAL_DIR`: the next write of the same path removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    home, prefix = _temporary_home(path)
+    for stale in home.glob(glob.escape(prefix) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=home)) / path.name
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
