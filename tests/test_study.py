@@ -6,7 +6,8 @@ import os
 import signal
 
 from normbench.dvcqueue import progress
-from normbench.study import apply_sets, follow, main, plan
+from normbench.runstate import follow
+from normbench.study import apply_sets, main, plan
 
 
 def test_plan_names_say_what_an_experiment_runs():

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from normbench.registry import ConfigError
-from normbench.study import follow
+from normbench.runstate import Experiment, Submitted, follow
 
 JOBS_DIR = Path(".dvc") / "tmp" / "slurm"  # in the study repository: job logs and clones
 
@@ -81,6 +81,8 @@ def _require_clean(repo: Path) -> str:
 
 def _queue_states(job_ids: list[str]) -> dict[str, str]:
     """Slurm's state of the jobs still queued or running (PENDING, RUNNING, ...)."""
+    if not job_ids:
+        return {}  # `squeue -j ""` would list every job of the cluster
     out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
                          capture_output=True, text=True).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
@@ -97,11 +99,35 @@ def job_state(job, queued: dict[str, str]) -> str:
     return "failed"  # gone from the queue without a result: cancelled, killed or timed out
 
 
-def run_on_slurm(repo: Path, experiments: list, options: list[str],
+def attach_or_submit(repo: Path, commit: str, experiments: list[Experiment], executor) -> dict:
+    """{name: submitit job}: the job a killed earlier study submitted for this commit, while
+    Slurm still has it queued or running; a new job for every other experiment, recorded in
+    :class:`Submitted` the moment it is submitted."""
+    from submitit import SlurmJob
+
+    submitted = Submitted(repo)
+    earlier = {e.name: submitted.job_id(e.name, commit) for e in experiments}
+    alive = _queue_states([j for j in earlier.values() if j])
+    jobs = {}
+    for exp in experiments:
+        if earlier[exp.name] in alive:
+            jobs[exp.name] = SlurmJob(folder=repo / JOBS_DIR / "logs" / "%j",
+                                      job_id=earlier[exp.name])
+            print(f"  {exp.name} (job {earlier[exp.name]}): followed again, not resubmitted",
+                  flush=True)
+            continue
+        jobs[exp.name] = executor.submit(run_experiment, str(repo), commit, exp.name,
+                                         exp.set_args())
+        submitted.record(exp.name, commit, jobs[exp.name].job_id)
+    return jobs
+
+
+def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
                  poll_s: float = 5.0) -> dict[str, str]:
     """Submit one job per experiment and follow them; {name: done | failed: <log path>}.
 
-    Ctrl-C cancels the submitted jobs (scancel); cells they finished stay in the shared cache.
+    Jobs that a killed earlier study left queued or running are followed, not submitted again.
+    Ctrl-C cancels the jobs (scancel); cells they finished stay in the shared cache.
     """
     import submitit
 
@@ -114,8 +140,7 @@ def run_on_slurm(repo: Path, experiments: list, options: list[str],
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    jobs = {exp.name: executor.submit(run_experiment, str(repo), commit, exp.name,
-                                      exp.set_args()) for exp in experiments}
+    jobs = attach_or_submit(repo, commit, experiments, executor)
     states: dict[str, str] = {}
 
     def poll() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from normbench.registry import ConfigError
-from normbench.study import Experiment, follow
+from normbench.runstate import Experiment, follow
 
 _STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
 _EPOCHS = re.compile(r"^\S+: norm=\S+ weights=.* epochs=(\d+)", re.M)

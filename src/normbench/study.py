@@ -9,13 +9,8 @@ machine; ``slurm``: one job each on a cluster), and ``compare`` reads them back 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import signal
 import sys
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -27,36 +22,10 @@ from normbench.normalizations import NORMALIZATIONS
 from normbench.pretrain import NORM_CHOICES, PRETRAINING, check_norm, check_start
 from normbench.registry import ConfigError
 from normbench.runs import exp_show
+from normbench.runstate import Experiment, study_lock
 
 EXECUTORS = ("local", "slurm")  # DVC's queue on this machine | one Slurm job per experiment
 COMPARE_DIR = "compare"
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One DVC experiment of a study: one setting, with its seeds."""
-
-    norm: str
-    weights: str
-    seeds: tuple[int, ...]
-    params: tuple[str, ...]  # every `-S key=value` it runs with: setting, seeds and extras
-    pretrain: str | None = None  # the pretraining norm, for weights: pretrained
-
-    @property
-    def name(self) -> str:
-        """``<norm>-<weights>[-<pretrain norm>]-<hash>``: the same params, the same name."""
-        digest = hashlib.sha1("\n".join(self.params).encode()).hexdigest()[:8]
-        return "-".join(p for p in (self.norm, self.weights, self.pretrain, digest) if p)
-
-    @property
-    def setting(self) -> str:
-        """The setting as compare names it."""
-        pretrain = f" pretrain={self.pretrain}" if self.pretrain else ""
-        return f"norm={self.norm} weights={self.weights}{pretrain}"
-
-    def set_args(self) -> list[str]:
-        """The arguments of `dvc exp run` that make this experiment."""
-        return [arg for p in self.params for arg in ("-S", p)]
 
 
 def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str] = (),
@@ -108,23 +77,6 @@ def completed(repo: Path) -> set[str]:
                 if rev.get("name") and _finished(rev):
                     names.add(rev["name"])
     return names
-
-
-def follow(poll: Callable[[], bool], poll_s: float) -> None:
-    """Call ``poll`` every ``poll_s`` seconds until it returns True.
-
-    Ctrl-C raises KeyboardInterrupt between polls: caught by a handler of our own, it cannot be
-    swallowed by a library that a poll calls (DVC's queue, Slurm's commands).
-    """
-    interrupted = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
-    try:
-        while not poll() and not interrupted.wait(poll_s):
-            pass
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -192,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     experiments = plan(args.norms, args.weights, args.seeds, args.set, args.split_seeds,
                        args.pretrain_norms)
     check_study(repo, experiments)
+    with study_lock(repo):  # one study per repository; a second one is told which runs
+        run(repo, experiments, args)
+
+
+def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> None:
+    """Run what is missing of ``experiments`` on the chosen executor, then compare them all."""
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]
     from normbench.dvcqueue import default_jobs, run_local

@@ -1,0 +1,96 @@
+"""The run state of a study: one study per repository, and the record of submitted jobs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from normbench import cluster
+from normbench.registry import ConfigError
+from normbench.runstate import STATE_DIR, Experiment, Submitted, study_lock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from normbench.runstate import study_lock
+with study_lock(Path(sys.argv[1])):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_lock(repo):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(repo), "make", "study"],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": "src"})
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_second_study_is_told_which_one_runs_and_a_killed_one_frees_the_lock(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=rf"a study is already running in .*: pid "
+                                              rf"{holder.pid}, since .*make study"):
+            with study_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
+        holder.wait()
+    entered = []
+    with study_lock(tmp_path):
+        entered.append(True)
+    assert entered == [True]
+
+
+def test_the_lock_is_held_only_while_the_study_runs(tmp_path):
+    with study_lock(tmp_path):
+        pass
+    with study_lock(tmp_path):  # released on exit: the same process can take it again
+        pass
+    with pytest.raises(RuntimeError, match="boom"):
+        with study_lock(tmp_path):
+            raise RuntimeError("boom")
+    holder = hold_lock(tmp_path)  # and another process too, after a failure
+    holder.kill()
+    holder.wait()
+
+
+def test_submitted_jobs_survive_a_new_process_and_belong_to_their_commit(tmp_path):
+    Submitted(tmp_path).record("dataset-scratch-1234", "c1", "101")
+    again = Submitted(tmp_path)
+    assert again.job_id("dataset-scratch-1234", "c1") == "101"
+    assert again.job_id("dataset-scratch-1234", "c2") is None  # another commit: resubmit
+    assert again.job_id("minmax-scratch-1234", "c1") is None
+    (tmp_path / STATE_DIR / "submitted.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="submitted.json is not valid JSON .*delete it"):
+        Submitted(tmp_path)
+
+
+def test_jobs_still_queued_or_running_are_followed_and_the_rest_submitted(tmp_path, monkeypatch):
+    exps = [Experiment(n, "scratch", (1,), (f"norm={n}",)) for n in ("dataset", "minmax", "none")]
+    record = Submitted(tmp_path)
+    record.record(exps[0].name, "c1", "101")  # still running
+    record.record(exps[1].name, "c1", "102")  # gone from the queue: failed or cancelled
+    monkeypatch.setattr(cluster, "_queue_states", lambda ids: {"101": "RUNNING"} if ids else {})
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    submitted = []
+
+    class Executor:
+        def submit(self, fn, repo, commit, name, args):
+            submitted.append(name)
+            return Job(str(200 + len(submitted)))
+
+    jobs = cluster.attach_or_submit(tmp_path, "c1", exps, Executor())
+    assert submitted == [exps[1].name, exps[2].name]
+    assert jobs[exps[0].name].job_id == "101"
+    assert Submitted(tmp_path).jobs == {exps[0].name: {"commit": "c1", "job_id": "101"},
+                                        exps[1].name: {"commit": "c1", "job_id": "201"},
+                                        exps[2].name: {"commit": "c1", "job_id": "202"}}
