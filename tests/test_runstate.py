@@ -94,3 +94,75 @@ def test_jobs_still_queued_or_running_are_followed_and_the_rest_submitted(tmp_pa
     assert Submitted(tmp_path).jobs == {exps[0].name: {"commit": "c1", "job_id": "101"},
                                         exps[1].name: {"commit": "c1", "job_id": "201"},
                                         exps[2].name: {"commit": "c1", "job_id": "202"}}
+
+
+LINGERING = """
+import signal, sys, time
+if sys.argv[1] == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def fake_worker(repo, name: str, kind: str) -> subprocess.Popen:
+    """A process that looks like a DVC queue worker and, like a lingering one, never exits."""
+    import json
+
+    from normbench.dvcqueue import WORKERS_DIR
+
+    proc = subprocess.Popen([sys.executable, "-c", LINGERING, kind, "exp", "queue-worker"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    (repo / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
+    (repo / WORKERS_DIR / f"{name}.json").write_text(json.dumps({"pid": proc.pid}))
+    return proc
+
+
+def test_workers_left_after_the_queue_is_empty_are_stopped_even_if_they_ignore_sigterm(
+        tmp_path, monkeypatch):
+    from normbench import dvcqueue
+
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {})
+    polite, stubborn = fake_worker(tmp_path, "w1", "polite"), fake_worker(tmp_path, "w2",
+                                                                         "stubborn")
+    (tmp_path / dvcqueue.WORKERS_DIR / "w3.json").write_text('{"pid": 1}')  # not a worker
+    assert sorted(dvcqueue.queue_workers(tmp_path)) == sorted([polite.pid, stubborn.pid])
+    start = time.monotonic()
+    stopped = dvcqueue.stop_idle_workers(tmp_path, grace_s=0.5)
+    assert sorted(stopped) == sorted([polite.pid, stubborn.pid])
+    assert polite.wait(timeout=5) == -signal.SIGTERM
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL  # after SIGTERM's 10 s
+    assert time.monotonic() - start < 20
+    assert dvcqueue.queue_workers(tmp_path) == []
+
+
+def test_workers_are_left_alone_while_the_queue_still_has_work(tmp_path, monkeypatch):
+    from normbench import dvcqueue
+
+    busy = {"x": dvcqueue.Task("x", "Running", None)}
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: busy)
+    worker = fake_worker(tmp_path, "w1", "polite")
+    try:
+        assert dvcqueue.stop_idle_workers(tmp_path, grace_s=0.1) == []
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_queue_logs_are_kept_for_unfinished_and_failed_tasks_and_the_newest_others(
+        tmp_path, monkeypatch):
+    from normbench import dvcqueue
+
+    logs = tmp_path / dvcqueue.LOGS_DIR
+    for i in range(6):
+        (logs / f"rev{i}").mkdir(parents=True)
+        (logs / f"rev{i}" / f"rev{i}.out").write_text("log")
+        os.utime(logs / f"rev{i}", (1000 + i, 1000 + i))  # rev5 the newest
+    tasks = {"a": dvcqueue.Task("a", "Failed", logs / "rev0" / "rev0.out"),
+             "b": dvcqueue.Task("b", "Running", logs / "rev1" / "rev1.out"),
+             "c": dvcqueue.Task("c", "Success", logs / "rev2" / "rev2.out")}
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: tasks)
+    dvcqueue.prune_logs(tmp_path, keep=2)
+    assert sorted(d.name for d in logs.iterdir()) == ["rev0", "rev1", "rev4", "rev5"]

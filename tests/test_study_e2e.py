@@ -13,6 +13,7 @@ import pytest
 import scipy.stats
 import yaml
 from conftest import ROOT, sh, tiny_project, section, table_rows
+from normbench.dvcqueue import queue_workers
 
 pytestmark = pytest.mark.slow
 # Enough images and epochs that every cell learns (final accuracy above chance, checked), so
@@ -83,6 +84,7 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     out = "".join(seen) + out
     assert code == 130, out
     assert "run the same command to resume" in out
+    assert queue_workers(repo) == []  # interrupted too: nothing of the study is left running
     first = out.split(": running")[0].split()[-1]  # the experiment that was running
 
     # 2. Resumed, with two more experiments that fail (ImageNet weights cannot be fetched here):
@@ -96,6 +98,7 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     log = Path(failed[0].split(" failed: ")[1])
     assert "error: cannot get ImageNet weights resnet18-" in log.read_text()
     assert "2 of 4 experiments failed" in out
+    assert queue_workers(repo) == []  # when the study returns, no worker of it is left running
     resumed = next(Path(p) for p in (repo / ".dvc" / "tmp" / "exps" / "run").glob("*/*.out")
                    if f"Reproducing experiment '{first}'" in Path(p).read_text()
                    and "is cached - skipping run" in Path(p).read_text())

@@ -6,10 +6,15 @@ each running experiment's log, read through DVC's API, as one line per change.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -116,9 +121,75 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
         follow(poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
+        stop_idle_workers(repo)
         raise
+    stop_idle_workers(repo)
+    prune_logs(repo)
     return {n: "done" if t.status == "Success" else f"failed: {t.log or 'dvc queue logs ' + n}"
             for n, t in mine.items()}
+
+
+# DVC's record of each queue worker it started: <name>.json with the worker's pid.
+WORKERS_DIR = Path(".dvc") / "tmp" / "exps" / "celery"
+# DVC's queue logs: a folder per task, never removed by DVC itself.
+LOGS_DIR = Path(".dvc") / "tmp" / "exps" / "run"
+KEEP_LOGS = 20  # logs of finished experiments kept for `dvc queue logs`, the newest first
+
+
+def prune_logs(repo: Path, keep: int = KEEP_LOGS) -> None:
+    """Keep the logs of queued, running and failed tasks, and of the ``keep`` newest others."""
+    tasks = queue_tasks(repo).values()
+    needed = {t.log.parent for t in tasks if t.log and t.status != "Success"}
+    logs = [d for d in (repo / LOGS_DIR).glob("*") if d.is_dir() and d not in needed]
+    for folder in sorted(logs, key=lambda d: d.stat().st_mtime, reverse=True)[keep:]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _worker_alive(pid: int) -> bool:
+    """Whether ``pid`` is still a DVC queue worker (not a zombie, not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return b"queue-worker" in cmdline and state != "Z"
+
+
+def queue_workers(repo: Path) -> list[int]:
+    """The pids of this repository's DVC queue workers that are running."""
+    pids = []
+    for record in (repo / WORKERS_DIR).glob("*.json"):
+        try:
+            pid = json.loads(record.read_text()).get("pid")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(pid, int) and _worker_alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def stop_idle_workers(repo: Path, grace_s: float = 20.0) -> list[int]:
+    """When the queue holds nothing queued or running, stop the workers that linger; the pids.
+
+    A worker exits by itself once the queue is empty, but not always (seen with -j 2): one
+    still there after ``grace_s`` seconds gets SIGTERM, then SIGKILL, so that nothing of the
+    study is left running when it returns.
+    """
+    if any(t.status in ("Queued", "Running") for t in queue_tasks(repo).values()):
+        return []  # someone else's work: leave their workers alone
+    deadline = time.monotonic() + grace_s
+    while (alive := queue_workers(repo)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while (left := [p for p in alive if _worker_alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not left:
+            break
+    return alive
 
 
 def stop_local(repo: Path, names: list[str]) -> None:
