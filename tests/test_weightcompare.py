@@ -173,7 +173,12 @@ def test_verdict_lines_and_the_tests_table_in_full():
             f"{adjusted[role]:.3g}). No significant difference: no setting. No verdict: "
             "instance, scratch (one seed in a setting and different seeds in the other: no "
             "test); none, imagenet (no norm=dataset weights=imagenet runs).")
-    assert lines == expected_lines
+        expected_lines.append(  # imagenet weights are also tested against scratch, same norm
+            f"**resnet18 on digits, {layer}**, against scratch with the same norm: moved the "
+            "weights differently beyond what changing the seed does: no setting. No "
+            "significant difference: no setting. No verdict: none, imagenet (no norm=none "
+            "weights=scratch runs).")
+    assert lines == expected_lines  # per layer: against the baseline, then against scratch
     assert list(table.columns) == [
         "model", "dataset", "layer", "setting", "reference", "seeds", "final drift (%)", "test",
         "p", "p (Holm)", "note", "W1 between settings", "W1 between seeds",
@@ -200,9 +205,33 @@ def test_verdict_lines_and_the_tests_table_in_full():
     assert (row["seeds"], row["test"], row["p"], row["p (Holm)"]) == (1, "none", "-", "-")
     assert (row["W1 between settings"], row["smallest permutation p"]) == ("", "")
     assert row["final drift (%)"] == f"{drifts[(instance, 'first_conv')][0] * 100:.2f}"
-    row = rows.loc[(layer, imagenet)]
-    assert (row["note"], row["test"], row["p"]) == ("no norm=dataset weights=imagenet runs", "",
-                                                    "")
+    row = table[(table.layer == layer) & (table.setting == imagenet)].set_index("reference")
+    assert row.loc["norm=dataset weights=imagenet", ["note", "test", "p"]].tolist() == [
+        "no norm=dataset weights=imagenet runs", "", ""]
+    assert row.loc["norm=none weights=scratch", "note"] == "no norm=none weights=scratch runs"
+
+
+def test_pretrained_weights_are_also_tested_against_scratch_with_the_same_norm():
+    """The second seed document's claim, as a test: pretrained weights move less than scratch."""
+    pretrained = "norm=dataset weights=pretrained pretrain=dataset"
+    records = [record(s, seed, spread=0.0, step=0.05 if s == BASE else 0.002)
+               for s in (BASE, pretrained) for seed in (1, 2, 3)]
+    lines, table = verdicts(records, "dataset")
+    drifts = {s: [by_hand_drift(r, "first_conv") for r in records if r.setting == s]
+              for s in (BASE, pretrained)}
+    p = scipy.stats.ttest_rel(drifts[pretrained], drifts[BASE]).pvalue
+    ps = [scipy.stats.ttest_rel(*([by_hand_drift(r, role) for r in records if r.setting == s]
+                                  for s in (pretrained, BASE))).pvalue for role in ROLES]
+    holm_first = min(1.0, 2 * min(ps)) if p == min(ps) else max(min(1.0, 2 * min(ps)), p)
+    ours, ref = (100 * np.mean(drifts[s]) for s in (pretrained, BASE))
+    assert lines[0] == (
+        "**resnet18 on digits, first conv (conv1)**, against scratch with the same norm: moved "
+        "the weights differently beyond what changing the seed does: dataset, pretrained on "
+        f"dataset (final drift {ours:.3g} % vs {ref:.3g} %, paired t p={p:.3g}, Holm-adjusted "
+        f"{holm_first:.3g}). No significant difference: no setting.")
+    assert ours < ref / 10
+    row = table[(table.setting == pretrained) & (table.layer == "first conv (conv1)")]
+    assert row.reference.tolist() == [BASE]  # the baseline norm is its own setting: no test
 
 
 def test_a_missing_reference_and_a_setting_that_did_not_learn_are_both_named():

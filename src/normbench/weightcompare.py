@@ -15,7 +15,10 @@ Per model x dataset and watched layer (``weightdist.ROLES``), across settings
 
 Each setting is tested against a reference of the same weights kind: the baseline norm with
 that setting's weights (``norm=dataset weights=imagenet`` for the imagenet settings when the
-baseline is ``dataset``), since scratch and pretrained weights differ trivially.
+baseline is ``dataset``), since scratch and pretrained weights differ trivially. A setting with
+pretrained weights is also tested against scratch with the same norm: the drift from the
+weights each started from is comparable across kinds, and "pretrained weights barely move,
+scratch weights do" (the second seed document) is that test.
 
 The verdict rests on one pre-stated test: the final drift of the whole tensor (exact, from
 ``summary.json``) over seeds, paired t when both settings ran the same seeds, else Welch
@@ -83,6 +86,17 @@ def reference_for(setting: str, baseline: str) -> str:
     the same pretraining norm for the pipeline's own pretraining)."""
     return " ".join(f"{k}={baseline if k == 'norm' else v}"
                     for k, v in parse_setting(setting).items())
+
+
+def weight_references(setting: str, baseline: str) -> list[str]:
+    """What a setting's weights are tested against: the baseline norm with the same weights;
+    for pretrained weights also scratch with the same norm, the second seed document's claim
+    (pretrained weights barely move when fine-tuned, scratch weights do)."""
+    parts = parse_setting(setting)
+    refs = [reference_for(setting, baseline)]
+    if parts["weights"] != "scratch" and parts["norm"] != "pretraining":
+        refs.append(f"norm={parts['norm']} weights=scratch")
+    return [r for r in refs if r != setting]
 
 
 def layer_name(record: WeightRecord, role: str) -> str:
@@ -213,25 +227,29 @@ def verdicts(records: list[WeightRecord], baseline: str,
         for role in ROLES:
             layer = layer_name(recs[0], role)
             for setting in group:
-                reference = reference_for(setting, baseline)
                 row = {"model": model, "dataset": dataset, "layer": layer, "setting": setting,
-                       "reference": reference, "seeds": len(group[setting]),
+                       "reference": setting, "seeds": len(group[setting]),
                        "final drift (%)": mean_pm_std(pd.Series(final_drift(group[setting],
                                                                               role)))}
-                if setting == reference:
+                refs = weight_references(setting, baseline)
+                if not refs:
                     rows_plain.append(row)
-                    continue
-                no_verdict = [f"no {reference} runs" if reference not in group else "",
-                              *(f"{s} did not learn" for s in (setting, reference)
-                                if (s, model, dataset) in failed)]
-                reason = "; ".join(r for r in no_verdict if r)
-                found.append((row, reason or compare_layer(group, setting, reference, role)))
-    tests = [t.test for _, t in found if isinstance(t, LayerTest)]
+                for reference in refs:
+                    against = ("scratch with the same norm" if reference.endswith(
+                        "weights=scratch") and "weights=scratch" not in setting
+                        else f"norm={baseline}")
+                    no_verdict = [f"no {reference} runs" if reference not in group else "",
+                                  *(f"{s} did not learn" for s in (setting, reference)
+                                    if (s, model, dataset) in failed)]
+                    reason = "; ".join(r for r in no_verdict if r)
+                    found.append(({**row, "reference": reference}, against,
+                                  reason or compare_layer(group, setting, reference, role)))
+    tests = [t.test for _, _, t in found if isinstance(t, LayerTest)]
     adjusted_iter = iter(holm([t.p for t in tests if t.p is not None]))
     rows, lines, by_layer = [], [], {}
-    for row, t in found:
-        key = (row["model"], row["dataset"], row["layer"])
-        names = [r["setting"] for r, _ in found if (r["model"], r["dataset"]) == key[:2]]
+    for row, against, t in found:
+        key = (row["model"], row["dataset"], row["layer"], against)
+        names = [r["setting"] for r, _, _ in found if (r["model"], r["dataset"]) == key[:2]]
         name = label(row["setting"], names + [row["reference"]])
         if not isinstance(t, LayerTest):
             by_layer.setdefault(key, {}).setdefault("no verdict", []).append(f"{name} ({t})")
@@ -246,8 +264,8 @@ def verdicts(records: list[WeightRecord], baseline: str,
                      "smallest permutation p": t.perm_min_p})
         kind = ("no verdict" if adj is None else "differ" if adj < ALPHA else "same")
         by_layer.setdefault(key, {}).setdefault(kind, []).append(_describe(t, name, adj))
-    for (model, dataset, layer), kinds in by_layer.items():
-        line = (f"**{model} on {dataset}, {layer}**, against norm={baseline}: moved the weights "
+    for (model, dataset, layer, against), kinds in by_layer.items():
+        line = (f"**{model} on {dataset}, {layer}**, against {against}: moved the weights "
                 f"differently beyond what changing the seed does: "
                 f"{'; '.join(kinds.get('differ', [])) or 'no setting'}. No significant "
                 f"difference: {'; '.join(kinds.get('same', [])) or 'no setting'}.")
