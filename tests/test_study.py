@@ -54,6 +54,10 @@ def test_progress_names_the_cell_and_epoch():
     assert progress(LOG.split("Running stage 'train")[0]) == (
         "train@resnet18-shapes-1 restored from the run-cache")
     assert progress(LOG + "Running stage 'report':\n") == "report"
+    pretraining = LOG.replace("norm=minmax weights=scratch",
+                              "norm=pretraining (dataset on gratings) weights=pretrained "
+                              "(dataset on gratings)")
+    assert progress(pretraining) == "train@resnet18-shapes-2 epoch 1/8"
 
 
 def test_sets_are_read_as_yaml_and_bad_input_names_the_fix():

@@ -22,7 +22,7 @@ from normbench.registry import ConfigError
 from normbench.runstate import Experiment, follow
 
 _STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
-_EPOCHS = re.compile(r"^\S+: norm=\S+ weights=.* epochs=(\d+)", re.M)
+_EPOCHS = re.compile(r"^\S+: norm=.* weights=.* epochs=(\d+)", re.M)  # norm may have spaces
 _EPOCH = re.compile(r"^\s+epoch\s+(\d+)\s+test_acc", re.M)
 
 
