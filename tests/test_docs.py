@@ -10,8 +10,8 @@ import yaml
 from conftest import ROOT
 
 # The pages of docs/, each one topic (issue 22).
-PAGES = ("pipeline", "statistics", "datasets", "gpu", "cluster", "remote", "architecture",
-         "reference")
+PAGES = ("pipeline", "statistics", "pretraining", "datasets", "gpu", "cluster", "remote",
+         "architecture", "reference")
 # Paths checked against the checkout: the project's source folders and top-level files...
 SOURCE_ROOTS = ("src/", "stages/", "tests/", "bench/", "docs/", ".dvc/")
 TOP_FILES = ("Makefile", "README.md", "params.yaml", "dvc.yaml", "dvc.lock", "requirements.txt",
