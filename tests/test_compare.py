@@ -217,6 +217,15 @@ def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
     welch = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=instance"]
     assert welch.test.tolist() == ["Welch"]
     assert table.loc[("resnet18", "cifar10", "instance"), "fine-tuned: pretraining"] == "90.67 ± 0.76"
+    # norm=pretraining against the baseline norm (Table 2) and the baseline norm against the
+    # matched pairing (this table) are one test, counted once by Holm and marked in both.
+    assert len(tests) == 2 and set(tests.setting) == {
+        "norm=dataset weights=pretrained pretrain=minmax",
+        "norm=dataset weights=pretrained pretrain=instance"}
+    t2 = result["table2"].loc[("resnet18", "norm=pretraining weights=pretrained pretrain=minmax"),
+                              "cifar10"]
+    assert t2.startswith("91.00 ± 1.00 [red:-5.33] (") and t2.endswith(
+        row["fine-tuned: dataset"].rsplit(" ", 1)[1])
 
 
 def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypatch):

@@ -152,10 +152,17 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     Holm-corrected tests), Table 3 (every setting side by side) and the tests behind Table 2."""
     settings = list(cells.index.unique("setting"))
     models, datasets = cells.index.unique("model"), cells.index.unique("dataset")
-    pairs = [(model, dataset, setting, reference) for model in models for dataset in datasets
-             for setting in settings for reference in references(setting, baseline)
-             if _group(cells, setting, model, dataset) is not None
-             and _group(cells, reference, model, dataset) is not None]
+    pairs, seen = [], set()
+    for model in models:
+        for dataset in datasets:
+            for setting in settings:
+                for reference in references(setting, baseline):
+                    pair = (model, dataset, frozenset((setting, reference)))
+                    if (pair in seen or _group(cells, setting, model, dataset) is None
+                            or _group(cells, reference, model, dataset) is None):
+                        continue  # two settings are one test, counted once by Holm
+                    seen.add(pair)
+                    pairs.append((model, dataset, setting, reference))
     # What a test could detect is stated at ALPHA / m: what Holm asks of the first of m tests.
     level = ALPHA / max(len(pairs), 1)
     found = [(*pair, compare_pair(_group(cells, pair[3], *pair[:2]),
@@ -165,11 +172,14 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
     table2, rows = {}, []
     marks = {}
     for (model, dataset, setting, reference, t), adj in zip(found, adjusted):
-        colour = "green" if t.delta > 0 else "red"
-        text = f" [{colour}:{t.delta * 100:+.2f}]{mark(t, adj)}"
-        marks[(model, dataset, setting, reference)] = text
-        if reference == baseline_of(setting, baseline):
-            table2[(model, setting, dataset)] = text
+        # A table may read the test in either direction (Table 2 against the baseline, the
+        # mismatch table against the matched pairing): the mark of both, the delta's sign flipped.
+        for ours, theirs, delta in ((setting, reference, t.delta), (reference, setting, -t.delta)):
+            colour = "green" if delta > 0 else "red"
+            text = f" [{colour}:{delta * 100:+.2f}]{mark(t, adj)}"
+            marks[(model, dataset, ours, theirs)] = text
+            if theirs == baseline_of(ours, baseline) and ours != theirs:
+                table2[(model, ours, dataset)] = text
         rows.append({"model": model, "dataset": dataset, "setting": setting,
                      "baseline": reference, "test": t.test,
                      "delta (points)": round(t.delta * 100, 2), "p": t.p, "p (Holm)": adj,
@@ -448,7 +458,8 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
                      "Per watched layer: do the settings move the weights differently beyond what "
                      "changing the seed does? The one pre-stated test: the final drift "
                      "||W - W0|| / ||W0|| over seeds against the baseline norm with the same "
-                     "weights (paired t over the same seeds, else Welch), Holm-corrected over the "
+                     "weights, and for pretrained weights also against scratch with the same "
+                     "norm (paired t over the same seeds, else Welch), Holm-corrected over the "
                      "weight tests of this page. The Wasserstein-1 distances and their "
                      "permutation p describe the distributions; no verdict rests on them."
                      "\n\n" + "\n\n".join(weights.lines), weights.tests))
