@@ -1,3 +1,4 @@
+import fcntl
 import os
 import shutil
 import subprocess
@@ -8,6 +9,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist each worker trains at the same time as the others, in-process and in the
+# processes it starts (stage scripts, DVC's queue, Slurm jobs: they inherit this environment).
+# torch's default of one thread per core in every one of them oversubscribes the CPU, and the
+# surplus OpenMP threads spin: measured on 2 cores, a tiny train stage took ~50 % more CPU time
+# with 2 threads than with 1. So each worker gets its share of the cores (set before any test
+# module imports torch); an OMP_NUM_THREADS of the caller's own is kept.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -102,6 +113,36 @@ def tiny_project(repo: Path) -> None:
     sh(repo, "git", "commit", "-qm", "project")  # dvclive cannot start in a repo with no commit
 
 
+@pytest.fixture(scope="session")
+def reproduced_tiny_project(tmp_path_factory) -> Path:
+    """``tiny_project`` after ``dvc repro``, committed: built once per test session, under
+    pytest-xdist by the first worker that asks (the others wait for it), and shared read-only.
+
+    A module that only needs this state copies it with ``copy_project`` instead of training the
+    same cell again; a test whose point is that DVC trains something must not start from it.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the session's folder, shared by its workers
+    base, done = root / "tiny-reproduced", root / "tiny-reproduced.done"
+    with open(root / "tiny-reproduced.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.is_file():
+            shutil.rmtree(base, ignore_errors=True)  # what a worker that failed half-way left
+            base.mkdir()
+            tiny_project(base)
+            sh(base, "dvc", "repro")
+            sh(base, "git", "add", "-A")
+            sh(base, "git", "commit", "-qm", "baseline")
+            done.touch()
+    return base
+
+
+def copy_project(source: Path, repo: Path) -> None:
+    """A copy of a git + DVC project (its DVC cache is inside, in .dvc/cache) at ``repo``."""
+    shutil.copytree(source, repo, symlinks=True, dirs_exist_ok=True)
+
+
 def section(markdown: str, heading: str) -> str:
     """The one section of a markdown page whose heading starts with ``heading``."""
     found = [part for part in markdown.split("\n## ") if part.startswith(heading)]
@@ -131,17 +172,15 @@ def require_program(name: str) -> str:
     return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
+# The longest modules, longest first (as measured on a 2-core machine): `make test` hands whole
+# modules to its pytest-xdist workers in collection order (--dist loadfile --no-loadscope-reorder),
+# so these start first and the last ones to start are short: both workers finish together. The
+# other modules follow as collected.
+LONGEST_FIRST = ("test_study_e2e.py", "test_pipeline.py", "test_pretrain.py", "test_bench.py",
+                 "test_cluster.py", "test_shared_remote.py", "test_stages.py", "test_plots.py",
+                 "test_train.py")
+
+
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist, a module whose tests share a module-scoped fixture (a reproduced DVC
-    repository, a trained model) runs on one worker, so that fixture is built once, not once per
-    worker: each module gets an xdist_group of its own. Tests with an xdist_group mark of their
-    own (a shared resource, e.g. Slurm or Chromium) keep it. Without xdist the mark does nothing.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        fixtures = getattr(item, "_fixtureinfo", None)
-        defs = fixtures.name2fixturedefs.values() if fixtures else []
-        if any(d.scope == "module" for chain in defs for d in chain):
-            item.add_marker(pytest.mark.xdist_group(name=item.module.__name__))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: modules stay whole

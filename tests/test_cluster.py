@@ -20,7 +20,7 @@ from conftest import ROOT, require_program, tiny_project
 from normbench.runs import parse_exp_show
 
 # The one-node Slurm (its daemons, munged, /run/munge) exists once per machine: its tests never
-# run at the same time as each other under pytest-xdist (--dist loadgroup).
+# run at the same time as each other under pytest-xdist (one module, one worker).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="slurm")]
 STUDY = ["--executor", "slurm", "--norms", "dataset", "minmax", "--seeds", "1", "2",
          "--set", "train.epochs=1", "--slurm", "cpus_per_task=1", "timeout_min=20"]

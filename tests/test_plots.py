@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, require_program, sh, tiny_project
+from conftest import ROOT, copy_project, require_program, sh
 from PIL import Image
 
-# The Chromium tests stay on one pytest-xdist worker (--dist loadgroup): never two browsers at
+# The Chromium tests stay on one pytest-xdist worker (one module): never two browsers at
 # once, each a handful of processes and hundreds of MiB, and the module's repo is built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="chromium")]
 
@@ -27,15 +27,13 @@ TAB_RED = (0xD6, 0x27, 0x28)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A tiny project reproduced and committed, plus one experiment: norm=minmax."""
+def repo(tmp_path_factory, reproduced_tiny_project) -> Path:
+    """A tiny project reproduced and committed (the session's copy), plus one experiment:
+    norm=minmax."""
     template = ROOT / ".dvc" / "plots" / "offline.html"
     assert template.is_file(), f"{template} missing: run `make setup` (it writes the template)"
     repo = tmp_path_factory.mktemp("plots")
-    tiny_project(repo)
-    sh(repo, "dvc", "repro")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "baseline")
+    copy_project(reproduced_tiny_project, repo)
     sh(repo, "dvc", "exp", "run", "-n", "minmax", "-S", "norm=minmax")
     return repo
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_stage, sh, tiny_project
+from conftest import copy_project, run_stage, sh
 from torch import nn
 
 from normbench.datasets import grating_classes, make_gratings
@@ -91,9 +91,11 @@ SMALL = {"images_per_class": 6, "test_fraction": 0.25, "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tmp_path_factory, reproduced_tiny_project):
+    """The session's reproduced tiny project (scratch weights), with a small pretraining block:
+    no dependency of a scratch start, so `dvc repro` re-runs nothing."""
     repo = tmp_path_factory.mktemp("pretrain")
-    tiny_project(repo)
+    copy_project(reproduced_tiny_project, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     pre = params["start"]["pretrained"]
     pre["data"] = SMALL

@@ -5,13 +5,15 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
 import yaml
 
 from normbench.placement import place_cell
 from normbench.registry import ConfigError, Registry
+
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = Registry("train.optimizer", {"adam": "adam", "sgd": "sgd"})
 SCHEDULERS = Registry("train.scheduler", {"cosine": "cosine", "none": "none"})
@@ -124,6 +126,10 @@ def resolve_device(name: Any) -> torch.device:
     ``cuda:<index>`` pins it; ``auto`` falls back to the CPU on a machine without CUDA. A CUDA
     device is made the process's current device.
     """
+    # torch is imported here, not with this module: reading and checking params needs none of
+    # it, and importing it costs seconds of CPU in every process that does.
+    import torch
+
     if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or
                                          name.startswith("cuda:")):
         raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
@@ -164,6 +170,8 @@ class SpeedConfig:
 
     def resolve(self, device: torch.device) -> "SpeedConfig":
         """Replace ``auto`` by what it means on ``device``."""
+        import torch
+
         cuda = device.type == "cuda"
         bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         amp = ("bf16" if bf16 else "none") if self.amp == "auto" else self.amp

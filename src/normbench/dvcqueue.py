@@ -81,6 +81,9 @@ def start_queue(repo: Path, jobs: int) -> None:
     workers to exit, which with several workers does not always happen.
     """
     threads = max(1, (os.cpu_count() or 1) // jobs)  # torch would take every core in each
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:  # a caller's own limit stands (the tests: their share)
+        threads = min(threads, int(limit))
     started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
                              env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from normbench.config import TrainConfig, check_type, require
-from normbench.datasets import DATASETS
-from normbench.models import MODELS
 from normbench.registry import ConfigError, Registry
+
+# The dataset and model registries are imported where names are checked, not with this module:
+# their modules import torch, torchvision and scikit-learn (seconds of CPU in every process that
+# starts), and a process that only names cells (the report stage) needs none of them.
 
 
 def cell_name(model: str, dataset: str, seed: int) -> str:
@@ -30,12 +32,22 @@ class Grid:
     seeds: list[int]
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "Grid":
+    def from_params(cls, params: Mapping[str, Any], check_names: bool = True) -> "Grid":
+        """The grid of ``params``, its model and dataset names checked against the registries
+        unless ``check_names`` is false: for a stage downstream of the check stage, which has
+        checked them already."""
         seeds = require(params, "seeds")
         if not isinstance(seeds, list) or not seeds:
             raise ConfigError("seeds must be a non-empty list of integers")
-        return cls(_names(params, "models", MODELS), _names(params, "datasets", DATASETS),
-                   [check_type(s, int, "seeds[]") for s in seeds])
+        if check_names:
+            from normbench.datasets import DATASETS
+            from normbench.models import MODELS
+
+            models = _names(params, "models", MODELS)
+            datasets = _names(params, "datasets", DATASETS)
+        else:
+            models, datasets = list(require(params, "models")), list(require(params, "datasets"))
+        return cls(models, datasets, [check_type(s, int, "seeds[]") for s in seeds])
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(m, d, s) for m in self.models for d in self.datasets for s in self.seeds]
@@ -57,6 +69,8 @@ def check_grid(params: Mapping[str, Any]) -> Grid:
 def check_per_model(params: Mapping[str, Any], models: list[str]) -> None:
     """``per_model`` names models of the registry, each with valid train keys, and has an entry
     for each of ``models``: a cell depends on ``per_model.<its model>`` (dvc.yaml)."""
+    from normbench.models import MODELS
+
     per_model = require(params, "per_model")
     shared = TrainConfig.from_params(require(params, "train"))
     for model in per_model if isinstance(per_model, Mapping) else [None]:

@@ -19,9 +19,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # Per user: another user's folder may not be writable, and their load shows in used memory.
 CLAIMS = Path(tempfile.gettempdir()) / f"normbench-gpu-claims-{os.getuid()}"
@@ -36,12 +37,16 @@ class Gpu:
 
 def visible_gpus() -> list[Gpu]:
     """The CUDA devices this process may use, in ``CUDA_VISIBLE_DEVICES`` order."""
+    import torch  # here, not at the top: claiming from a given list needs none (seconds of CPU)
+
     return [Gpu(i, str(torch.cuda.get_device_properties(i).uuid), _used_mib(i))
             for i in range(torch.cuda.device_count())]
 
 
 def _used_mib(ordinal: int) -> float | None:
     """Memory in use on a card, read through NVML without creating a CUDA context on it."""
+    import torch
+
     try:  # torch maps the ordinal through CUDA_VISIBLE_DEVICES; it needs nvidia-ml-py
         return torch.cuda.device_memory_used(ordinal) / 2**20
     except Exception:  # no NVML library or binding, or a torch without this function
@@ -110,6 +115,8 @@ def claim_gpu(gpus: list[Gpu] | None = None, folder: Path | None = None) -> Gpu:
 
 def place_cell() -> torch.device:
     """The CUDA device this process trains on, made its current device."""
+    import torch
+
     gpu = claim_gpu()
     torch.cuda.set_device(gpu.ordinal)  # stray allocations (cuBLAS workspaces) land there too
     return torch.device("cuda", gpu.ordinal)
