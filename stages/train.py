@@ -22,6 +22,7 @@ from normbench.models import MODELS, WEIGHTS  # noqa: E402
 from normbench.pretrain import build_from_start, check_norm, load_start, resolve_norm  # noqa: E402
 from normbench.registry import ConfigError  # noqa: E402
 from normbench.stats import read_channel_stats  # noqa: E402
+from normbench.timing import write_timing  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
 from normbench.weightdist import WeightRecorder  # noqa: E402
 from normbench.weights import check_mirror  # noqa: E402
@@ -103,12 +104,14 @@ def main() -> None:
             "train": dataclasses.asdict(cfg), "speed": result.speed, "metrics": metrics,
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
         }, tmp)
-    write_json(args.metrics, metrics)  # last: metrics exist only for a finished cell
+    write_json(args.metrics, metrics)  # metrics exist only for a finished cell
+    timing = result.timing()
+    write_timing(cell, timing)  # not an output: it differs on every run (normbench.timing)
     learned = "" if result.learned else (f" (NOT above chance {metrics['chance_acc']:.3f}: "
                                          "no verdict will rest on this cell)")
     print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, best_acc "
           f"{metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
-          f"{metrics['images_per_s']:.0f} img/s")
+          f"{timing['images_per_s']:.0f} img/s")
 
 
 if __name__ == "__main__":

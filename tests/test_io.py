@@ -35,3 +35,65 @@ def test_run_main_reports_training_failures_in_one_line(error, capsys):
         signal.signal(signal.SIGTERM, previous)
     assert exit_.value.code == 1
     assert capsys.readouterr().err == "error: what went wrong; the fix\n"
+
+
+# A stage that cannot write an output for lack of room (simulated with the file size limit, as
+# `ulimit -f` sets it, and with a full disk's errno): one line naming the path and the figures,
+# the previous output unchanged, nothing half-written left.
+WRITE = {
+    "json": "from normbench.io import write_json\nwrite_json(OUT, {'x': '0' * 400_000})",
+    "torch": "import torch\nfrom normbench.io import atomic_path\n"
+             "with atomic_path(OUT) as tmp:\n    torch.save(torch.zeros(100_000), tmp)",
+}
+LIMIT = 64 * 1024  # bytes: each write above is ~400 kB
+
+
+def limited(limit: int):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("writer", sorted(WRITE))
+def test_a_write_beyond_the_file_size_limit_fails_clearly_and_keeps_the_old_output(
+        writer, tmp_path):
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)  # a DVC repository: temporaries go there
+    out = tmp_path / "metrics" / "cell.json"
+    out.parent.mkdir()
+    out.write_bytes(b"previous")
+    code = (f"from normbench.io import run_main\nOUT = {str(out)!r}\n"
+            f"def main():\n" + "".join(f"    {line}\n" for line in WRITE[writer].splitlines())
+            + "run_main(main)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                          preexec_fn=limited(LIMIT))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: cannot write {out}: a file reached the size limit of "
+                                  f"{LIMIT / 2**20:.1f} MiB (`ulimit -f`); it needs more than "
+                                  f"the {LIMIT / 2**20:.1f} MiB written"), proc.stderr
+    assert out.read_bytes() == b"previous"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [out]  # no partial file left
+
+
+def test_a_full_disk_is_named_and_other_failures_are_not(tmp_path, monkeypatch):
+    import errno
+
+    from normbench import io
+
+    def fail_with(error):
+        with pytest.raises(Exception) as raised:
+            with io.atomic_path(tmp_path / "out.bin") as tmp:
+                tmp.write_bytes(b"x" * 3 * 2**20)
+                raise error
+        return raised.value
+
+    full = fail_with(OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, StageFailed)
+    assert str(full).startswith(f"cannot write {tmp_path / 'out.bin'}: the disk is full; it needs "
+                                f"more than the 3.0 MiB written before the write failed")
+    assert not (tmp_path / "out.bin").exists()
+    assert isinstance(fail_with(ValueError("a bug")), ValueError)  # not taken for a full disk
+    # torch's writer says only RuntimeError: a disk with (almost) nothing free tells.
+    assert isinstance(fail_with(RuntimeError("unexpected pos")), RuntimeError)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    assert "the disk is full" in str(fail_with(RuntimeError("unexpected pos")))

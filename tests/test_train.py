@@ -87,7 +87,9 @@ def test_history_and_metrics_are_consistent(tiny):
     assert m["learned"] == (m["above_chance_p"] < 0.05)
     assert m["execution"] == "cpu fp32 eager"
     assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
-    assert m["images_per_s"] > 0 and m["train_seconds"] > 0
+    t = r.timing()
+    assert t["images_per_s"] > 0 and t["train_seconds"] > 0 and "peak_gpu_mib" not in t
+    assert not set(t) & set(m)  # timing is never among the metrics, whose bytes must repeat
 
 
 def test_recorder_sees_epoch_zero_and_every_epoch(tiny):

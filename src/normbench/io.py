@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -61,8 +63,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except Exception as e:
+        full = _no_room(tmp, e)
+        if full is None:
+            raise
+        raise StageFailed(f"cannot write {path}: {full}. Nothing was replaced: the previous "
+                          f"outputs, dvc.lock and the DVC cache are as they were; make room "
+                          f"and run the stage again") from e
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+# What a write that found no room raises: Python says so with an errno; torch.save's C++ writer
+# only with a RuntimeError ("unexpected pos ..."), so the cause is read off the disk as well.
+NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "a file reached the size limit"}
+FULL_BELOW = 2**20  # bytes free under which a failed write is taken for a full disk
+
+
+def _no_room(tmp: Path, error: Exception) -> str | None:
+    """Why writing ``tmp`` failed for lack of room, with the figures; None if it did not."""
+    files = [p for p in [tmp, *tmp.rglob("*")] if p.is_file()] if tmp.exists() else []
+    written = sum(p.stat().st_size for p in files)  # bytes, when the write stopped
+    largest = max((p.stat().st_size for p in files), default=0)
+    free = shutil.disk_usage(tmp.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]  # bytes; RLIM_INFINITY: none
+    code = error.errno if isinstance(error, OSError) else None
+    if code == errno.EFBIG or (limit != resource.RLIM_INFINITY and largest >= limit):
+        why = f"{NO_ROOM[errno.EFBIG]} of {_mib(limit)} (`ulimit -f`)"
+    elif code in NO_ROOM or free < FULL_BELOW:
+        why = NO_ROOM.get(code, NO_ROOM[errno.ENOSPC])
+    else:
+        return None
+    return (f"{why}; it needs more than the {_mib(written)} written before the write failed, "
+            f"and {_mib(free)} are free on its disk")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -122,9 +122,7 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
         "kind": "pretrained", "model": model_name, "state_dict": result.final_state,
         "source": cfg.source, "source_data": cfg.data, "classes": arrays.classes,
         "norm": cfg.norm, "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
-        "seed": cfg.seed, "train": dataclasses.asdict(train), "metrics": {
-            k: v for k, v in result.metrics().items()
-            if k not in ("train_seconds", "images_per_s", "peak_gpu_mib")},
+        "seed": cfg.seed, "train": dataclasses.asdict(train), "metrics": result.metrics(),
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
 

@@ -242,10 +242,18 @@ class CellResult:
         """Whether the final test accuracy is above chance (binomial p < ALPHA)."""
         return self.above_chance_p < ALPHA
 
+    def timing(self) -> dict:
+        """What the run took: different on every run, so never in a hashed output
+        (:mod:`normbench.timing`)."""
+        gpu = {} if self.peak_gpu_mib is None else {"peak_gpu_mib": round(self.peak_gpu_mib, 1)}
+        return {"train_seconds": round(self.train_seconds, 3),
+                "images_per_s": round(self.images_per_s, 1), **gpu}
+
     def metrics(self) -> dict:
+        """What was learned: a function of the inputs and the seed (no timing), so that a rerun on
+        the same machine writes the same bytes."""
         best = self.history[self.best_epoch]
         last = self.history[-1]
-        gpu = {} if self.peak_gpu_mib is None else {"peak_gpu_mib": round(self.peak_gpu_mib, 1)}
         return {
             "final_acc": last["test_acc"],  # what verdicts use: no selection on the test set
             "final_loss": last["test_loss"],
@@ -256,9 +264,6 @@ class CellResult:
             "above_chance_p": self.above_chance_p,
             "learned": self.learned,
             "execution": self.execution,
-            "train_seconds": round(self.train_seconds, 3),
-            "images_per_s": round(self.images_per_s, 1),
-            **gpu,
             # How far the watched layers moved by the end (relative L2), when they were recorded.
             **{k: v for k, v in last.items() if k.startswith("drift_")},
         }

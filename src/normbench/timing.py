@@ -1,0 +1,32 @@
+"""Wall-clock figures of a run (seconds, images/s, peak GPU memory), kept out of hashed outputs.
+
+A cell's metrics, checkpoint, curves and predictions are functions of its inputs and seed: a rerun
+on the same machine writes them bit for bit again, so a fresh clone's ``make repro`` reproduces
+every hash in the committed dvc.lock and leaves ``git status`` clean. Timing differs on every run,
+so it lives apart: ``timings/<cell>.json``, which no stage declares and git ignores.
+``dvc metrics show`` and the workspace row of ``dvc exp show`` show it (dvc.yaml lists the folder
+as metrics); a cell restored from the DVC cache trained nothing and leaves none. A queued
+experiment runs in a temporary copy of the workspace, deleted when it ends: a caller that wants
+its timings (bench/queue_speed.py) names a folder of its own in ``$NORMBENCH_TIMINGS``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from normbench.io import write_json
+
+TIMINGS = Path("timings")  # relative to the repository root, where DVC runs the stages
+TIMINGS_ENV = "NORMBENCH_TIMINGS"  # a folder that replaces TIMINGS (a queue's runs)
+
+
+def timing_path(name: str) -> Path:
+    """Where the timing of ``name`` (a cell) is written."""
+    return Path(os.environ.get(TIMINGS_ENV) or TIMINGS) / f"{name}.json"
+
+
+def write_timing(name: str, timing: dict) -> Path:
+    path = timing_path(name)
+    write_json(path, timing)
+    return path
