@@ -155,3 +155,122 @@ def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
     sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
     sh(repo, "dvc", "checkout", "--force")
     assert_reproduces(repo, reproduced_tiny_project, "after a disk-full failure and a checkout")
+
+
+# --- the study on the local queue ---------------------------------------------------------------
+# One experiment of two cells: seed 223 is the reference's cell (in the copied run-cache: restored,
+# never trained), seed 7 trains. Jobs 1: the cells run one after the other.
+STUDY = ["--norms", "dataset", "--seeds", "223", "7", "--jobs", "1"]
+TRAINED = "resnet18-shapes-7"
+# Moments of the study, as its progress lines show them (a poll every 2 s: a stage shorter than that
+# may never show): the cell's stage started (importing torch, training, writing for ~10 s on 2
+# cores), the report stage started (~4 s). The kill comes 0-2 s later.
+STUDY_MOMENTS = (f"running: train@{TRAINED}", "running: report")
+
+
+def study(repo: Path) -> subprocess.Popen:
+    """`make study` as the Makefile runs it, with this checkout's library."""
+    from conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "-u", "-m", "normbench.study", *STUDY], cwd=repo,
+                            env={**env(), "PYTHONPATH": str(ROOT / "src")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def study_results(repo: Path) -> dict[str, list]:
+    """{experiment name: [its cells' metrics, one entry per time it is listed]} from `dvc exp
+    show --json` (read here, not through normbench), and how often each cell trained."""
+    import json
+
+    from normbench.dvcqueue import LOGS_DIR
+
+    found: dict[str, list] = {}
+    for entry in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                metrics = (((rev.get("data") or {}).get("metrics") or {}).get("metrics.json")
+                           or {}).get("data")
+                found.setdefault(rev.get("name"), []).append(metrics)
+    logs = "".join(p.read_text(errors="replace") for p in (repo / LOGS_DIR).glob("*/*.out"))
+    found["trained"] = sorted(re.findall(r"Running stage 'train@([^']+)'", logs))
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(reproduced_tiny_project, tmp_path_factory) -> dict:
+    """What the study writes when nothing goes wrong, on this machine."""
+    repo = tmp_path_factory.mktemp("study") / "repo"
+    sh(repo.parent, "cp", "-a", str(reproduced_tiny_project), str(repo))
+    out = study(repo).communicate(timeout=600)[0]
+    results = study_results(repo)
+    assert results["trained"] == [TRAINED], out
+    return results
+
+
+def fault_in_study(reference: Path, tmp_path: Path, fault: str) -> tuple[str, Path, str, int]:
+    """Copy ``reference``, run the study, inject ``fault`` at a seeded moment; the moment, the
+    repository, what the study printed and its exit code."""
+    from normbench.dvcqueue import queue_workers
+
+    rng = random.Random(f"{FAULT_SEED}-{fault}")
+    moment, delay = rng.choice(STUDY_MOMENTS), rng.uniform(0.0, 2.0)
+    what = f"{fault} SIGKILLed {delay:.2f} s after {moment!r} (seed {FAULT_SEED})"
+    repo = tmp_path / "repo"
+    sh(tmp_path, "cp", "-a", str(reference), str(repo))
+    proc, seen = study(repo), []
+    for line in proc.stdout:
+        seen.append(line)
+        if moment in line:
+            time.sleep(delay)
+            victims = [proc.pid] if fault == "study" else queue_workers(repo)
+            assert victims, what + "".join(seen)
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            break
+    else:
+        pytest.fail(f"{what}: that moment never came:\n{''.join(seen)}")
+    seen.append(proc.communicate(timeout=600)[0])
+    return what, repo, "".join(seen), proc.returncode
+
+
+def check_study_again(repo: Path, uninterrupted: dict, what: str) -> str:
+    """The same command again: it finishes, and every invariant of the module docstring holds."""
+    from normbench.dvcqueue import queue_workers
+
+    proc = study(repo)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, what + out
+    assert queue_workers(repo) == [], what  # nothing of the study is left running
+    results = study_results(repo)
+    names = [n for n in uninterrupted if n != "trained"]
+    assert {n: v for n, v in results.items() if n != "trained"} == {
+        n: uninterrupted[n] for n in names}, what + out  # each once, the same metrics
+    assert results["trained"] == [TRAINED], what + out  # trained once, over both runs
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status"), what
+    assert sh(repo, "git", "status", "--porcelain") == "", what
+    return out
+
+
+def test_the_study_killed_at_a_seeded_moment_is_followed_again_not_rerun(
+        reproduced_tiny_project, uninterrupted, tmp_path):
+    what, repo, out, _ = fault_in_study(reproduced_tiny_project, tmp_path, "study")
+    out = check_study_again(repo, uninterrupted, what)
+    # Its experiment was still queued or running when the first study died: adopted, not queued
+    # a second time, or already finished.
+    assert "0 already done, 1 to run" in out or "1 already done, 0 to run" in out, what + out
+
+
+def test_a_queue_worker_killed_at_a_seeded_moment_loses_no_cell(
+        reproduced_tiny_project, uninterrupted, tmp_path):
+    from normbench.dvcqueue import queue_workers
+
+    what, repo, out, code = fault_in_study(reproduced_tiny_project, tmp_path, "queue worker")
+    # The worker's experiment process runs on. DVC then either keeps calling its task running,
+    # though no worker will collect it (the study reports it lost and returns), or puts it back
+    # in the queue (the study starts a worker again once that process has ended, so that its
+    # finished cells are restored, not trained twice). Either way nothing is left running.
+    lost = "lost: its queue worker was killed" in out and "1 of 1 experiments failed" in out
+    requeued = "starting the queue again" in out and "dataset-scratch-" in out
+    assert (code == 1 and lost) or (code == 0 and requeued), what + out
+    assert queue_workers(repo) == [], what
+    check_study_again(repo, uninterrupted, what)

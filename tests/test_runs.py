@@ -172,6 +172,25 @@ def test_parse_exp_show_reads_both_metrics_layouts_and_skips_what_is_not_a_run()
     assert runs[1].cells == {("resnet18", "shapes", 2): one["resnet18-digits-1"]}
 
 
+def test_only_finished_experiments_are_results():
+    """A queued or running experiment is listed with its temporary workspace's metrics (the
+    commit's own until its report runs; never collected if its worker was killed)."""
+    base = entry("a1b2c3d4", "main", {"resnet18-digits-1": 0.9}, "1")
+    done = entry("d0", "done", {"resnet18-digits-2": 0.8}, "2", norm="minmax")
+    running = entry("r1", "running", {"resnet18-digits-2": 0.7}, "3", norm="instance")
+    queued = entry("q2", "queued", {"resnet18-digits-2": 0.6}, "4", norm="none")
+    plain = entry("p3", "plain", {"resnet18-digits-2": 0.5}, "5", norm="imagenet")  # exp run
+    base["experiments"] = [
+        {"executor": {"state": "success", "name": "dvc-task"}, "revs": [done]},
+        {"executor": {"state": "running", "name": "dvc-task"}, "revs": [running]},
+        {"executor": {"state": "queued", "name": "dvc-task"}, "revs": [queued]},
+        {"executor": None, "revs": [plain]}]
+    assert [r.name for r in parse_exp_show([base])] == ["main", "done", "plain"]
+    with pytest.raises(ValueError) as e:
+        reference_params([base], "running")
+    assert "valid choices: done, main, plain" in str(e.value)
+
+
 def test_like_finds_experiments_by_name_and_reads_their_cells():
     base = entry("a1b2c3d4", "main", {"resnet18-digits-1": 0.9}, "1")
     exp = entry("f0e1d2c3", "exp-7", {"resnet18-digits-2": 0.8}, "2", train={"epochs": 2})

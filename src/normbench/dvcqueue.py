@@ -46,6 +46,7 @@ class Task(NamedTuple):
     name: str
     status: str  # Queued | Running | Success | Failed (DVC's queue states)
     log: Path | None  # the experiment's output, once it has started
+    pid: int | None = None  # its process (`dvc exp exec-run`), once it has started
 
 
 # DVC's queue states as the study shows them, the same words as the Slurm executor's.
@@ -61,11 +62,23 @@ def queue_tasks(repo: Path) -> dict[str, Task]:
         queue = dvc_repo.experiments.celery_queue
         for entry in sorted(queue.status(), key=lambda e: e["timestamp"]):
             try:
-                log = Path(queue.proc[entry["rev"]].stdout)
+                info = queue.proc[entry["rev"]]
+                log, pid = Path(info.stdout), info.pid
             except KeyError:  # not started yet
-                log = None
-            tasks[entry["name"]] = Task(entry["name"], entry["status"], log)
+                log, pid = None, None
+            tasks[entry["name"]] = Task(entry["name"], entry["status"], log, pid)
     return tasks
+
+
+def lost(task: Task, workers: list[int]) -> bool:
+    """Whether DVC still calls ``task`` running though nothing runs it any more.
+
+    A queue worker that is killed (SIGKILL, the OOM killer) leaves its task "Running" for good:
+    its experiment process runs on and ends, but no worker collects the result or takes the
+    next task. With no worker left and that process gone, the task is lost.
+    """
+    return (task.status == "Running" and not workers
+            and (task.pid is None or not _alive(task.pid, b"exec-run")))
 
 
 def run_dvc(repo: Path, *args: str) -> None:
@@ -100,25 +113,43 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     finished stay in DVC's run-cache, so the next run restores them instead of training.
     """
     names = [e.name for e in experiments]
-    active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
+    tasks, workers = queue_tasks(repo), queue_workers(repo)
+    gone = [n for n in names if n in tasks and lost(tasks[n], workers)]
+    forget(repo, gone)  # a killed worker's: queued again below (finished cells: the run-cache)
+    active = {n for n, t in tasks.items() if t.status in ("Queued", "Running") and n not in gone}
     for exp in experiments:
         if exp.name not in active:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
     start_queue(repo, jobs)
     shown: dict[str, str] = {}
     mine: dict[str, Task] = {}
+    lost_now: set[str] = set()
+    idle = [0]  # polls in a row with work queued and no worker alive
 
     def poll() -> bool:
-        tasks = queue_tasks(repo)
+        tasks, workers = queue_tasks(repo), queue_workers(repo)
         mine.update({n: tasks[n] for n in names if n in tasks})
+        lost_now.update(n for n, t in mine.items() if lost(t, workers))
+        # A killed worker's task may come back as queued while its experiment process still
+        # runs: a new worker started then would train the same cells a second time. So the
+        # queue is started again only once no experiment of this repository runs.
+        idle[0] = idle[0] + 1 if not workers and not experiment_processes(repo) and any(
+            t.status == "Queued" for t in mine.values()) else 0
+        if idle[0] >= WORKERLESS_POLLS:  # the workers were killed: the queue would wait forever
+            print("  no queue worker left with experiments queued: starting the queue again",
+                  flush=True)
+            start_queue(repo, jobs)
+            idle[0] = 0
         for name, task in mine.items():
-            state = SHOWN.get(task.status, task.status)
-            if task.status == "Running" and task.log and task.log.is_file():
+            state = "lost: its queue worker was killed" if name in lost_now else (
+                SHOWN.get(task.status, task.status))
+            if task.status == "Running" and name not in lost_now and task.log and (
+                    task.log.is_file()):
                 state = f"running: {progress(task.log.read_text(errors='replace'))}"
             if shown.get(name) != state:
                 shown[name] = state
                 print(f"  {name}: {state}", flush=True)
-        return all(t.status in ("Success", "Failed") for t in mine.values())
+        return all(t.status in ("Success", "Failed") or n in lost_now for n, t in mine.items())
 
     try:
         follow(poll, poll_s)
@@ -126,10 +157,36 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
         stop_local(repo, names)
         stop_idle_workers(repo)
         raise
+    forget(repo, sorted(lost_now))  # off the queue, so that the next run queues them again
     stop_idle_workers(repo)
     prune_logs(repo)
-    return {n: "done" if t.status == "Success" else f"failed: {t.log or 'dvc queue logs ' + n}"
+    return {n: "done" if t.status == "Success" and n not in lost_now else
+            f"failed: {t.log or 'dvc queue logs ' + n}" + (
+                " (its queue worker was killed; run the same command again: finished cells "
+                "come back from the run-cache)" if n in lost_now else "")
             for n, t in mine.items()}
+
+
+WORKERLESS_POLLS = 3  # polls with work queued and no worker before the queue is started again
+
+
+def forget(repo: Path, lost_names: list[str]) -> None:
+    """Take lost tasks off DVC's queue. `dvc queue remove` refuses a task DVC calls running;
+    `dvc queue kill` first ends it (its process is gone already: DVC only warns)."""
+    if not lost_names:
+        return
+    subprocess.run(["dvc", "queue", "kill", *lost_names], cwd=repo, capture_output=True)
+    for _ in range(FORGET_TRIES):  # the kill reaches DVC's record of the task a moment later
+        removed = subprocess.run(["dvc", "queue", "remove", *lost_names], cwd=repo,
+                                 capture_output=True, text=True)
+        if removed.returncode == 0:
+            return
+        time.sleep(2)
+    print(f"study: could not take {' '.join(lost_names)} off DVC's queue "
+          f"({removed.stderr.strip()}); the next run queues them again anyway", file=sys.stderr)
+
+
+FORGET_TRIES = 5
 
 
 # DVC's record of each queue worker it started: <name>.json with the worker's pid.
@@ -148,14 +205,29 @@ def prune_logs(repo: Path, keep: int = KEEP_LOGS) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _worker_alive(pid: int) -> bool:
-    """Whether ``pid`` is still a DVC queue worker (not a zombie, not a reused pid)."""
+def _alive(pid: int, marker: bytes) -> bool:
+    """Whether ``pid`` is still a process whose command line holds ``marker`` (not a zombie, not
+    a reused pid): a queue worker (``queue-worker``), an experiment (``exec-run``)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return b"queue-worker" in cmdline and state != "Z"
+    return marker in cmdline and state != "Z"
+
+
+def experiment_processes(repo: Path) -> list[int]:
+    """The pids of this repository's queued experiments that are running (`dvc exp exec-run
+    --infofile <repo>/.dvc/tmp/exps/run/...`), whether or not a worker still watches them."""
+    marker = str(repo.resolve() / LOGS_DIR).encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "cmdline").read_bytes() and _alive(int(proc.name), b"exec-run"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def queue_workers(repo: Path) -> list[int]:
@@ -166,7 +238,7 @@ def queue_workers(repo: Path) -> list[int]:
             pid = json.loads(record.read_text()).get("pid")
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(pid, int) and _worker_alive(pid):
+        if isinstance(pid, int) and _alive(pid, b"queue-worker"):
             pids.append(pid)
     return pids
 
@@ -188,7 +260,8 @@ def stop_idle_workers(repo: Path, grace_s: float = 20.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
-        while (left := [p for p in alive if _worker_alive(p)]) and time.monotonic() < deadline:
+        while (left := [p for p in alive if _alive(p, b"queue-worker")]) and (
+                time.monotonic() < deadline):
             time.sleep(0.2)
         if not left:
             break

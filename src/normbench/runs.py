@@ -88,15 +88,27 @@ def _run_from(entry: dict) -> Run | None:
     return run
 
 
+def finished_experiments(entry: dict) -> list[dict]:
+    """The revs of a commit's experiments that finished, in ``dvc exp show --json``.
+
+    A queued or running experiment is listed too, with the metrics of its temporary workspace:
+    the commit's own until its report stage runs, and never collected if its queue worker was
+    killed. Those are not results.
+    """
+    return [rev for exp in entry.get("experiments") or []
+            if (exp.get("executor") or {}).get("state", "success") == "success"
+            for rev in exp.get("revs") or []]
+
+
 def parse_exp_show(entries: list[dict]) -> list[Run]:
-    """Commits and their experiments from ``dvc exp show --json`` (the workspace is skipped)."""
+    """Commits and their finished experiments from ``dvc exp show --json`` (the workspace is
+    skipped)."""
     runs = []
     for entry in entries:
         if entry.get("rev") == "workspace":
             continue
         runs.append(_run_from(entry))
-        for exp in entry.get("experiments") or []:
-            runs.extend(_run_from(rev) for rev in exp.get("revs") or [])
+        runs.extend(_run_from(rev) for rev in finished_experiments(entry))
     return [r for r in runs if r is not None and r.cells]
 
 
@@ -120,8 +132,7 @@ def reference_params(entries: list[dict], like: str | None
     Returns its label, params, git revision (None: the workspace, whose dvc.lock is on disk) and
     cell metrics.
     """
-    revs = [e for entry in entries for e in
-            [entry, *(r for x in entry.get("experiments") or [] for r in x.get("revs") or [])]]
+    revs = [e for entry in entries for e in [entry, *finished_experiments(entry)]]
     for rev in revs:
         wanted = rev.get("rev") == "workspace" if like is None else (
             like in (rev.get("name"), rev.get("rev")) or rev.get("rev", "").startswith(like))

@@ -21,7 +21,7 @@ from normbench.models import WEIGHTS
 from normbench.normalizations import NORMALIZATIONS
 from normbench.pretrain import NORM_CHOICES, PRETRAINING, check_norm, check_start
 from normbench.registry import ConfigError
-from normbench.runs import exp_show
+from normbench.runs import exp_show, finished_experiments
 from normbench.runstate import Experiment, study_lock
 
 EXECUTORS = ("local", "slurm")  # DVC's queue on this machine | one Slurm job per experiment
@@ -72,10 +72,9 @@ def completed(repo: Path) -> set[str]:
     """Names of the experiments of HEAD that finished every cell."""
     names = set()
     for entry in exp_show(repo, all_commits=False):
-        for exp in entry.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                if rev.get("name") and _finished(rev):
-                    names.add(rev["name"])
+        for rev in finished_experiments(entry):
+            if rev.get("name") and _finished(rev):
+                names.add(rev["name"])
     return names
 
 
