@@ -22,6 +22,9 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The seed of every fault a test injects at a chosen moment (tests/test_faults.py, the Slurm ones
+# in tests/test_cluster.py): a failure repeats with NORMBENCH_FAULT_SEED set to the seed it names.
+FAULT_SEED = int(os.environ.get("NORMBENCH_FAULT_SEED", "20261201"))
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ if they cannot be installed or started the test fails with the reason, it never 
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_program, tiny_project
+from conftest import FAULT_SEED, ROOT, require_program, tiny_project
 
 from normbench.runs import parse_exp_show
 
@@ -90,10 +91,10 @@ PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
-def study(repo: Path, env: dict) -> subprocess.Popen:
+def study(repo: Path, env: dict, args: list[str] = STUDY) -> subprocess.Popen:
     env = {**env, "PYTHONPATH": str(ROOT / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
-    return subprocess.Popen([sys.executable, "-u", "-m", "normbench.study", *STUDY], cwd=repo,
+    return subprocess.Popen([sys.executable, "-u", "-m", "normbench.study", *args], cwd=repo,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -102,15 +103,19 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
     repo.mkdir()
     tiny_project(repo)
 
-    # 1. Two jobs; one is cancelled with scancel once it runs: it is reported with its log,
-    # the other finishes.
+    # 1. Two jobs; one is killed with `scancel --signal=KILL` (its processes get SIGKILL, no
+    # cleanup runs) at a seeded moment after it starts: it is reported with its log, the other
+    # finishes.
+    delay = random.Random(f"{FAULT_SEED}-scancel").uniform(0.0, 3.0)
     proc, seen, cancelled = study(repo, slurm), [], None
     for line in proc.stdout:
         seen.append(line)
         running = re.match(r"\s+(minmax-\S+) \(job (\d+)\): running", line)
         if running and cancelled is None:
             cancelled = running.group(1)
-            subprocess.run(["scancel", running.group(2)], env=slurm, check=True)
+            time.sleep(delay)
+            subprocess.run(["scancel", "--signal=KILL", running.group(2)], env=slurm,
+                           check=True)
     out = "".join(seen)
     assert proc.wait(timeout=600) == 1, out
     assert "0 already done, 2 to run (slurm)" in out
@@ -144,3 +149,56 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
         if exp:
             trained += [(exp.group(1), c) for c in re.findall(r"(resnet18-shapes-\d): final_acc", text)]
     assert len(trained) == len(set(trained)) == 4, trained
+
+
+def exp_cells(repo: Path) -> list[tuple[str, int]]:
+    show = subprocess.run([Path(sys.executable).parent / "dvc", "exp", "show", "--json"],
+                          cwd=repo, capture_output=True, text=True, check=True).stdout
+    return sorted((r.setting, seed) for r in parse_exp_show(json.loads(show))
+                  for (_, _, seed) in r.cells)
+
+
+def test_a_study_killed_while_its_jobs_wait_and_run_follows_them_again(slurm, tmp_path):
+    """SIGKILL of the study process (no handler runs: its jobs stay in Slurm) at a seeded moment;
+    the same command again follows the jobs still queued or running under their ids."""
+    from normbench.runstate import STATE_DIR
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tiny_project(repo)
+    # Each job asks for every CPU of the node: one runs, the other waits in the queue.
+    args = [*STUDY[:STUDY.index("--slurm")], "--slurm", f"cpus_per_task={os.cpu_count()}",
+            "timeout_min=20"]
+    rng = random.Random(f"{FAULT_SEED}-slurm-study")
+    moment, delay = rng.choice(("queued", "running")), rng.uniform(0.0, 2.0)
+    what = f"study SIGKILLed {delay:.2f} s after its first job was {moment} (seed {FAULT_SEED})"
+    proc, seen = study(repo, slurm, args), []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.match(rf"\s+\S+ \(job \d+\): {moment}$", line):
+            time.sleep(delay)
+            proc.kill()
+            break
+    assert proc.wait(timeout=60) == -signal.SIGKILL, what + "".join(seen)
+    submitted = json.loads((repo / STATE_DIR / "submitted.json").read_text())
+    jobs = {name: record["job_id"] for name, record in submitted.items()}
+    alive = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs.values())],
+                           env=slurm, capture_output=True, text=True).stdout.split()
+    assert alive, what  # the point: jobs outlive the study that submitted them
+
+    proc = study(repo, slurm, args)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, what + out
+    for name, job_id in jobs.items():
+        if job_id in alive:
+            assert f"{name} (job {job_id}): followed again, not resubmitted" in out, what + out
+    # A job that ended meanwhile finished its experiment: nothing is submitted a second time.
+    assert f"{len(jobs) - len(alive)} already done, {len(alive)} to run (slurm)" in out, what + out
+    assert set(re.findall(r"\(job (\d+)\)", out)) == set(alive), what + out
+    assert exp_cells(repo) == [("norm=dataset weights=scratch", 1),
+                               ("norm=dataset weights=scratch", 2),
+                               ("norm=minmax weights=scratch", 1),
+                               ("norm=minmax weights=scratch", 2)], what + out
+    left = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True,
+                          text=True).stdout.split()
+    assert not set(left) & set(jobs.values()), what  # nothing of the study still in Slurm
