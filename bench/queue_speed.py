@@ -44,8 +44,10 @@ from normbench.dvcqueue import run_local  # noqa: E402
 from normbench.models import MODELS  # noqa: E402
 from normbench.runs import parse_exp_show  # noqa: E402
 from normbench.study import apply_sets, plan  # noqa: E402
+from normbench.timing import TIMINGS_ENV  # noqa: E402
 
-CELL_METRICS = ("best_acc", "epochs", "train_seconds", "images_per_s", "peak_gpu_mib")
+CELL_METRICS = ("best_acc", "epochs")  # from `dvc exp show`
+CELL_TIMING = ("train_seconds", "images_per_s", "peak_gpu_mib")  # from the cell's timing file
 
 
 def sh(cwd: Path, *cmd: str) -> str:
@@ -69,6 +71,10 @@ def clone(repo: Path, sets: list[str]) -> None:
 def run_queue(repo: Path, jobs: int) -> tuple[float, list[dict]]:
     """Wall seconds of N one-cell experiments on N workers, and each cell's metrics."""
     experiments = plan(["dataset"], ["scratch"], list(range(1, jobs + 1)), split_seeds=True)
+    # A queued cell runs in a temporary workspace, its timing file with it: the workers (which
+    # inherit this environment) write timings here instead (normbench.timing).
+    timings = repo.parent / "timings"
+    os.environ[TIMINGS_ENV] = str(timings)
     start = time.perf_counter()
     try:
         states = run_local(repo, experiments, jobs)
@@ -82,6 +88,9 @@ def run_queue(repo: Path, jobs: int) -> tuple[float, list[dict]]:
     runs = parse_exp_show(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
     cells = [{"cell": f"{m}-{d}-{s}", **{k: metrics.get(k) for k in CELL_METRICS}}
              for run in runs if run.rev != head for (m, d, s), metrics in run.cells.items()]
+    for cell in cells:
+        timing = json.loads((timings / f"{cell['cell']}.json").read_text())
+        cell.update({k: timing.get(k) for k in CELL_TIMING})
     if len(cells) != jobs:
         raise SystemExit(f"error: {len(cells)} cells with metrics in {repo}, {jobs} expected")
     return seconds, cells
@@ -146,7 +155,7 @@ def main() -> None:
     jsonl = args.results / f"queue-{slug(label)}.jsonl"
     append_row(jsonl, row)
     for c in cells:
-        print(f"  {c['cell']}: " + ", ".join(f"{k} {c[k]}" for k in CELL_METRICS))
+        print(f"  {c['cell']}: " + ", ".join(f"{k} {c[k]}" for k in CELL_METRICS + CELL_TIMING))
     print(f"-j {args.jobs}: {len(cells)} cells in {seconds:.0f} s, "
           f"{images / seconds:,.0f} train img/s in aggregate\n")
     print(write_summary(jsonl))

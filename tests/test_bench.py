@@ -257,6 +257,8 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert row["jobs"] == 2 and row["model"] == "resnet18"
     assert sorted(c["cell"] for c in row["cells"]) == ["resnet18-shapes-1", "resnet18-shapes-2"]
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
+    # each cell's speed, from its timing file (a queued cell's workspace is gone by now)
+    assert all(c["images_per_s"] > 0 and c["train_seconds"] > 0 for c in row["cells"])
     # 8 shapes x 6 classes, 80 % to train (38 images), 2 epochs, 2 cells.
     assert row["train_images"] == 2 * 2 * 38
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
