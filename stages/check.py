@@ -18,7 +18,6 @@ from normbench.grid import check_grid  # noqa: E402
 from normbench.io import run_main, write_json  # noqa: E402
 from normbench.models import MODELS  # noqa: E402
 from normbench.pretrain import check_start  # noqa: E402
-from normbench.timing import TIMINGS  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +28,6 @@ def main() -> None:
     grid = check_grid(params)
     kind = check_start(params, grid.models)  # e.g. an ImageNet version a model lacks: seconds
     write_json(args.out, {"models": MODELS.names(), "datasets": DATASETS.names()})
-    TIMINGS.mkdir(exist_ok=True)  # so that `dvc metrics show` finds the folder before any cell
     print(f"grid ok: {len(grid.cells())} cells, weights {kind}")
 
 

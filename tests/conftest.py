@@ -101,8 +101,9 @@ def tiny_project(repo: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__")
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, repo)
+    for name in ("dvc.yaml", ".gitignore", "timings/.keep.json"):
+        (repo / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
     params["train"].update(epochs=1, batch_size=16)
@@ -180,9 +181,9 @@ def require_program(name: str) -> str:
 # modules to its pytest-xdist workers in collection order (--dist loadfile --no-loadscope-reorder),
 # so these start first and the last ones to start are short: both workers finish together. The
 # other modules follow as collected.
-LONGEST_FIRST = ("test_study_e2e.py", "test_pipeline.py", "test_faults.py", "test_pretrain.py", "test_bench.py",
-                 "test_cluster.py", "test_shared_remote.py", "test_stages.py", "test_plots.py",
-                 "test_train.py")
+LONGEST_FIRST = ("test_study_e2e.py", "test_pipeline.py", "test_faults.py", "test_pretrain.py",
+                 "test_bench.py", "test_cluster.py", "test_shared_remote.py", "test_stages.py",
+                 "test_plots.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -24,6 +24,8 @@ import pytest
 import yaml
 from conftest import FAULT_SEED, git_user, sh
 
+from normbench.timing import TIMINGS
+
 pytestmark = pytest.mark.slow
 CELL = "resnet18-shapes-223"
 
@@ -42,7 +44,7 @@ def clone(reference: Path, repo: Path) -> Path:
 def workspace(repo: Path) -> dict[str, str]:
     """{path: sha256} of every file outside git's and DVC's own folders and timings/ (wall
     times, different on every run) and __pycache__: every stage's outputs and dependencies."""
-    skip = {".git", ".dvc", "timings", "__pycache__"}
+    skip = {".git", ".dvc", str(TIMINGS), "__pycache__"}
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in repo.rglob("*")
             if p.is_file() and not skip & set(p.relative_to(repo).parts)}
@@ -87,7 +89,7 @@ def test_a_fresh_clone_reproduces_every_hash_of_the_committed_lock(reproduced_ti
     out = sh(repo, "dvc", "repro")
     assert f"Running stage 'train@{CELL}'" in out  # trained again here, not restored
     assert_reproduces(repo, reproduced_tiny_project, "a fresh clone's dvc repro")
-    assert (repo / "timings" / f"{CELL}.json").is_file()  # timing is kept, out of the hashes
+    assert (repo / TIMINGS / f"{CELL}.json").is_file()  # timing is kept, out of the hashes
 
 
 # Moments in a cell's life, as its `dvc repro` output shows them: the stage starting (torch
@@ -156,14 +158,14 @@ def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
 
 
 # --- the study on the local queue ---------------------------------------------------------------
-# One experiment of two cells: seed 223 is the reference's cell (in the copied run-cache: restored,
-# never trained), seed 7 trains. Jobs 1: the cells run one after the other.
-STUDY = ["--norms", "dataset", "--seeds", "223", "7", "--jobs", "1"]
-TRAINED = "resnet18-shapes-7"
+# Two experiments (norm=dataset, norm=minmax) of one cell each, seed 7 (not in the copied
+# run-cache: each trains), one at a time (--jobs 1): while one runs, the other waits queued.
+STUDY = ["--norms", "dataset", "minmax", "--seeds", "7", "--jobs", "1"]
+SEVEN = "resnet18-shapes-7"
 # Moments of the study, as its progress lines show them (a poll every 2 s: a stage shorter than that
-# may never show): the cell's stage started (importing torch, training, writing for ~10 s on 2
-# cores), the report stage started (~4 s). The kill comes 0-2 s later.
-STUDY_MOMENTS = (f"running: train@{TRAINED}", "running: report")
+# may never show), each the n-th line that says so: the first experiment's cell started (torch
+# importing, training, writing: ~10 s on 2 cores), its report started (~4 s), the second's cell.
+STUDY_MOMENTS = (("running: train@", 1), ("running: report", 1), ("running: train@", 2))
 
 
 def study(repo: Path) -> subprocess.Popen:
@@ -175,9 +177,10 @@ def study(repo: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def study_results(repo: Path) -> dict[str, list]:
-    """{experiment name: [its cells' metrics, one entry per time it is listed]} from `dvc exp
-    show --json` (read here, not through normbench), and how often each cell trained."""
+def study_results(repo: Path) -> tuple[dict[str, list], list[tuple[str, str]]]:
+    """{experiment name: [its cells' metrics, once per time it is listed]} from `dvc exp show
+    --json` (read here, not through normbench), and every (experiment, cell) trained, from the
+    queue's logs."""
     import json
 
     from normbench.dvcqueue import LOGS_DIR
@@ -189,86 +192,111 @@ def study_results(repo: Path) -> dict[str, list]:
                 metrics = (((rev.get("data") or {}).get("metrics") or {}).get("metrics.json")
                            or {}).get("data")
                 found.setdefault(rev.get("name"), []).append(metrics)
-    logs = "".join(p.read_text(errors="replace") for p in (repo / LOGS_DIR).glob("*/*.out"))
-    found["trained"] = sorted(re.findall(r"Running stage 'train@([^']+)'", logs))
-    return found
+    trained = []
+    for log in (repo / LOGS_DIR).glob("*/*.out"):
+        text = log.read_text(errors="replace")
+        name = re.search(r"Reproducing experiment '([^']+)'", text)
+        trained += [(name.group(1) if name else "?", cell)
+                    for cell in re.findall(r"Running stage 'train@([^']+)'", text)]
+    return found, sorted(trained)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(reproduced_tiny_project, tmp_path_factory) -> dict:
+def uninterrupted(reproduced_tiny_project, tmp_path_factory) -> dict[str, list]:
     """What the study writes when nothing goes wrong, on this machine."""
     repo = tmp_path_factory.mktemp("study") / "repo"
     sh(repo.parent, "cp", "-a", str(reproduced_tiny_project), str(repo))
-    out = study(repo).communicate(timeout=600)[0]
-    results = study_results(repo)
-    assert results["trained"] == [TRAINED], out
+    out = finish(study(repo), "the uninterrupted study")
+    results, trained = study_results(repo)
+    assert len(results) == 2 and all(len(v) == 1 for v in results.values()), out
+    assert trained == sorted((name, SEVEN) for name in results), out
     return results
 
 
-def fault_in_study(reference: Path, tmp_path: Path, fault: str) -> tuple[str, Path, str, int]:
-    """Copy ``reference``, run the study, inject ``fault`` at a seeded moment; the moment, the
-    repository, what the study printed and its exit code."""
-    from normbench.dvcqueue import queue_workers
+def fault_in_study(reference: Path, tmp_path: Path, fault: str, moment: tuple[str, int],
+                   delay: float) -> tuple[Path, str, int]:
+    """Copy ``reference``, run the study and SIGKILL ``fault`` (the study, or the queue's
+    workers while an experiment of theirs runs) ``delay`` s after ``moment``; the repository,
+    what the study printed and its exit code."""
+    from normbench.dvcqueue import experiment_processes, queue_workers
 
-    rng = random.Random(f"{FAULT_SEED}-{fault}")
-    moment, delay = rng.choice(STUDY_MOMENTS), rng.uniform(0.0, 2.0)
-    what = f"{fault} SIGKILLed {delay:.2f} s after {moment!r} (seed {FAULT_SEED})"
     repo = tmp_path / "repo"
     sh(tmp_path, "cp", "-a", str(reference), str(repo))
-    proc, seen = study(repo), []
+    proc, seen, count = study(repo), [], 0
     for line in proc.stdout:
         seen.append(line)
-        if moment in line:
+        count += moment[0] in line
+        if count == moment[1]:
             time.sleep(delay)
-            victims = [proc.pid] if fault == "study" else queue_workers(repo)
-            assert victims, what + "".join(seen)
-            for pid in victims:
-                os.kill(pid, signal.SIGKILL)
+            if fault == "study":
+                proc.kill()
+                proc.stdout.close()  # what it printed after is not needed, only that it died
+                return repo, "".join(seen), proc.wait(timeout=60)
+                victims = queue_workers(repo)
+                assert victims and experiment_processes(repo), \
+                    f"{fault}: the moment came too late:\n{''.join(seen)}"
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
             break
     else:
-        pytest.fail(f"{what}: that moment never came:\n{''.join(seen)}")
-    seen.append(proc.communicate(timeout=600)[0])
-    return what, repo, "".join(seen), proc.returncode
+        pytest.fail(f"{fault}: the moment {moment} never came:\n{''.join(seen)}")
+    seen.append(finish(proc, fault))
+    return repo, "".join(seen), proc.returncode
+
+
+def finish(proc: subprocess.Popen, what: str, timeout_s: float = 600) -> str:
+    """The rest of what ``proc`` prints; a clear failure with it if it does not end in time."""
+    try:
+        return proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{what}: the study did not end in {timeout_s} s; it printed:\n"
+                    f"{proc.communicate()[0]}")
 
 
 def check_study_again(repo: Path, uninterrupted: dict, what: str) -> str:
     """The same command again: it finishes, and every invariant of the module docstring holds."""
-    from normbench.dvcqueue import queue_workers
+    from normbench.dvcqueue import EXPS_DIR, queue_workers
 
     proc = study(repo)
-    out = proc.communicate(timeout=600)[0]
+    out = finish(proc, what)
     assert proc.returncode == 0, what + out
     assert queue_workers(repo) == [], what  # nothing of the study is left running
-    results = study_results(repo)
-    names = [n for n in uninterrupted if n != "trained"]
-    assert {n: v for n, v in results.items() if n != "trained"} == {
-        n: uninterrupted[n] for n in names}, what + out  # each once, the same metrics
-    assert results["trained"] == [TRAINED], what + out  # trained once, over both runs
+    results, trained = study_results(repo)
+    assert results == uninterrupted, what + out  # each experiment once, the same metrics
+    assert trained == sorted((name, SEVEN) for name in results), what + out  # each cell once
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "status"), what
     assert sh(repo, "git", "status", "--porcelain") == "", what
+    assert not list((repo / EXPS_DIR).glob("tmp*")), what  # no temporary workspace left
     return out
 
 
 def test_the_study_killed_at_a_seeded_moment_is_followed_again_not_rerun(
         reproduced_tiny_project, uninterrupted, tmp_path):
-    what, repo, out, _ = fault_in_study(reproduced_tiny_project, tmp_path, "study")
+    rng = random.Random(f"{FAULT_SEED}-study")
+    moment, delay = rng.choice(STUDY_MOMENTS), rng.uniform(0.0, 2.0)
+    what = f"study SIGKILLed {delay:.2f} s after {moment} (seed {FAULT_SEED})"
+    repo, out, code = fault_in_study(reproduced_tiny_project, tmp_path, "study", moment, delay)
+    assert code == -signal.SIGKILL, what + out
     out = check_study_again(repo, uninterrupted, what)
-    # Its experiment was still queued or running when the first study died: adopted, not queued
-    # a second time, or already finished.
-    assert "0 already done, 1 to run" in out or "1 already done, 0 to run" in out, what + out
+    # What was queued or running when the first study died is adopted, not queued a second time.
+    assert re.search(r"study: 2 experiments .*; [012] already done, [012] to run", out)
 
 
 def test_a_queue_worker_killed_at_a_seeded_moment_loses_no_cell(
         reproduced_tiny_project, uninterrupted, tmp_path):
-    from normbench.dvcqueue import queue_workers
+    from normbench.dvcqueue import LOST, queue_workers
 
-    what, repo, out, code = fault_in_study(reproduced_tiny_project, tmp_path, "queue worker")
-    # The worker's experiment process runs on. DVC then either keeps calling its task running,
-    # though no worker will collect it (the study reports it lost and returns), or puts it back
-    # in the queue (the study starts a worker again once that process has ended, so that its
-    # finished cells are restored, not trained twice). Either way nothing is left running.
-    lost = "lost: its queue worker was killed" in out and "1 of 1 experiments failed" in out
-    requeued = "starting the queue again" in out and "dataset-scratch-" in out
-    assert (code == 1 and lost) or (code == 0 and requeued), what + out
-    assert queue_workers(repo) == [], what
-    check_study_again(repo, uninterrupted, what)
+    delay = random.Random(f"{FAULT_SEED}-queue worker").uniform(0.0, 2.0)
+    what = f"queue worker SIGKILLed {delay:.2f} s into the first cell (seed {FAULT_SEED})"
+    repo, out, code = fault_in_study(reproduced_tiny_project, tmp_path, "queue worker",
+                                     ("running: train@", 1), delay)
+    # The killed worker's experiment runs on to its end, but nobody collects it: it is reported
+    # lost. The other experiment, queued, gets a new worker once that one has ended (not before:
+    # beside it, a requeued copy would train the same cell twice).
+    first = re.search(r"  (\S+): running: train@", out).group(1)
+    assert f"  {first}: {LOST}" in out, what + out
+    assert "starting the queue again" in out and "1 of 2 experiments failed" in out, what + out
+    assert code == 1 and queue_workers(repo) == [], what + out
+    out = check_study_again(repo, uninterrupted, what)
+    assert "1 already done, 1 to run" in out, what + out  # the lost one, its cell restored

@@ -21,6 +21,7 @@ from normbench.models import build_model
 from normbench.normalizations import NORMALIZATIONS, normalize
 from normbench.placement import live_claims
 from normbench.stats import channel_stats, stats_table
+from normbench.timing import TIMINGS
 from normbench.train import Runner, seed_everything, train_cell
 from conftest import ROOT, run_stage
 
@@ -143,7 +144,7 @@ def test_train_stage_end_to_end_at_64_px(cuda, tmp_path, params):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "device=cuda:0" in proc.stdout and "amp=bf16 compile=reduce-overhead" in proc.stdout
     metrics = json.loads((tmp_path / "metrics" / f"{cell}.json").read_text())
-    timing = json.loads((tmp_path / "timings" / f"{cell}.json").read_text())
+    timing = json.loads((tmp_path / TIMINGS / f"{cell}.json").read_text())
     assert timing["peak_gpu_mib"] > 0 and metrics["epochs"] == 2
     assert metrics["execution"] == "cuda bf16 reduce-overhead"
     checkpoint = torch.load(tmp_path / "checkpoints" / f"{cell}.pt", weights_only=False)

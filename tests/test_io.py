@@ -93,7 +93,14 @@ def test_a_full_disk_is_named_and_other_failures_are_not(tmp_path, monkeypatch):
                                 f"more than the 3.0 MiB written before the write failed")
     assert not (tmp_path / "out.bin").exists()
     assert isinstance(fail_with(ValueError("a bug")), ValueError)  # not taken for a full disk
-    # torch's writer says only RuntimeError: a disk with (almost) nothing free tells.
-    assert isinstance(fail_with(RuntimeError("unexpected pos")), RuntimeError)
+    # torch's writer says only RuntimeError: a disk with (almost) nothing free tells, for its
+    # errors alone (a CUDA out-of-memory error is not a full disk, whatever the disk).
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 640")
+    assert fail_with(torch_error) is torch_error
     monkeypatch.setattr(io.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
-    assert "the disk is full" in str(fail_with(RuntimeError("unexpected pos")))
+    assert "the disk is full" in str(fail_with(torch_error))
+    oom = RuntimeError("CUDA out of memory")
+    assert fail_with(oom) is oom
+    # A file system's own size limit, with no `ulimit -f` set.
+    big = fail_with(OSError(errno.EFBIG, "File too large"))
+    assert "a file reached the size limit of its file system" in str(big)

@@ -22,6 +22,7 @@ from normbench.normalizations import NORMALIZATIONS, normalize
 from normbench.registry import ConfigError
 from normbench.runs import parse_exp_show
 from normbench.stats import read_channel_stats
+from normbench.timing import TIMINGS
 
 CELL = "resnet18-shapes-223"
 # Enough images and epochs that both norms compared below learn (final accuracy above chance,
@@ -78,7 +79,7 @@ def check_cell_metrics(repo: Path, metrics: dict) -> None:
     # no wall-clock figure in an output whose hash a rerun must reproduce (normbench.timing)
     assert not {"train_seconds", "images_per_s", "peak_gpu_mib"} & set(metrics)
     # throughput over training steps only: at least the train images per second of wall time
-    timing = json.loads((repo / "timings" / f"{CELL}.json").read_text())
+    timing = json.loads((repo / TIMINGS / f"{CELL}.json").read_text())
     n_train = 6 * IMAGES_PER_CLASS - len(labels)
     assert timing["images_per_s"] >= 0.99 * n_train * EPOCHS / timing["train_seconds"]
 

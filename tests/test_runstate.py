@@ -140,7 +140,7 @@ def test_workers_left_after_the_queue_is_empty_are_stopped_even_if_they_ignore_s
 def test_workers_are_left_alone_while_the_queue_still_has_work(tmp_path, monkeypatch):
     from normbench import dvcqueue
 
-    busy = {"x": dvcqueue.Task("x", "Running", None)}
+    busy = {"x": dvcqueue.Task("x", "Running", "rev9")}
     monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: busy)
     worker = fake_worker(tmp_path, "w1", "polite")
     try:
@@ -160,9 +160,73 @@ def test_queue_logs_are_kept_for_unfinished_and_failed_tasks_and_the_newest_othe
         (logs / f"rev{i}").mkdir(parents=True)
         (logs / f"rev{i}" / f"rev{i}.out").write_text("log")
         os.utime(logs / f"rev{i}", (1000 + i, 1000 + i))  # rev5 the newest
-    tasks = {"a": dvcqueue.Task("a", "Failed", logs / "rev0" / "rev0.out"),
-             "b": dvcqueue.Task("b", "Running", logs / "rev1" / "rev1.out"),
-             "c": dvcqueue.Task("c", "Success", logs / "rev2" / "rev2.out")}
+    tasks = {"a": dvcqueue.Task("a", "Failed", "rev0", logs / "rev0" / "rev0.out"),
+             "b": dvcqueue.Task("b", "Running", "rev1", logs / "rev1" / "rev1.out"),
+             "c": dvcqueue.Task("c", "Success", "rev2", logs / "rev2" / "rev2.out")}
     monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: tasks)
     dvcqueue.prune_logs(tmp_path, keep=2)
     assert sorted(d.name for d in logs.iterdir()) == ["rev0", "rev1", "rev4", "rev5"]
+
+
+def fake_experiment(repo, rev: str) -> subprocess.Popen:
+    """A process with the command line of a queued experiment (`dvc exp exec-run --infofile
+    <repo>/.dvc/tmp/exps/run/<rev>/<rev>.run`)."""
+    from normbench.dvcqueue import LOGS_DIR
+
+    infofile = repo.resolve() / LOGS_DIR / rev / f"{rev}.run"
+    proc = subprocess.Popen([sys.executable, "-c", LINGERING, "polite", "exp", "exec-run",
+                             "--infofile", str(infofile)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    return proc
+
+
+def test_a_task_is_lost_only_when_no_worker_is_left_and_its_own_process_is_gone(tmp_path):
+    from normbench.dvcqueue import Task, experiment_processes, lost
+
+    running = fake_experiment(tmp_path, "abc123")
+    other = fake_experiment(tmp_path / "elsewhere", "def456")  # another repository's
+    try:
+        assert experiment_processes(tmp_path) == [running.pid]
+        task = Task("a", "Running", "abc123", pid=running.pid)
+        assert not lost(task, workers=[])  # its process runs on: not lost yet
+        assert not lost(task._replace(status="Success"), workers=[])
+        # A pid that now belongs to another process (here: another task's) is no alibi.
+        assert lost(task._replace(pid=other.pid), workers=[])
+        running.kill()
+        running.wait()
+        assert experiment_processes(tmp_path) == []
+        assert lost(task, workers=[])
+        assert not lost(task, workers=[12345])  # a live worker will collect it
+        assert lost(task._replace(pid=None), workers=[])  # taken, never started
+        assert not lost(task._replace(status="Queued", pid=None), workers=[])
+    finally:
+        for proc in (running, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_watch_calls_a_task_lost_after_two_polls_and_restarts_a_workerless_queue(
+        tmp_path, monkeypatch, capsys):
+    from normbench import dvcqueue
+
+    reads = iter([
+        # poll 1: "a" looks lost (it may just have ended); "b" waits for a worker
+        {"a": dvcqueue.Task("a", "Running", "r1"), "b": dvcqueue.Task("b", "Queued", "r2")},
+        {"a": dvcqueue.Task("a", "Success", "r1"), "b": dvcqueue.Task("b", "Queued", "r2")},
+        {"a": dvcqueue.Task("a", "Running", "r1"), "b": dvcqueue.Task("b", "Queued", "r2")},
+        {"a": dvcqueue.Task("a", "Running", "r1"), "b": dvcqueue.Task("b", "Queued", "r2")},
+    ])
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: next(reads))
+    monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [])
+    monkeypatch.setattr(dvcqueue, "experiment_processes", lambda repo: [])
+    started = []
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: started.append(jobs))
+    watch = dvcqueue.Watch(tmp_path, ["a", "b"], jobs=2)
+    assert watch.poll() is False and not watch.is_lost("a")
+    assert watch.poll() is False and not watch.is_lost("a")  # it had ended: the count restarts
+    assert watch.poll() is False and not watch.is_lost("a") and started == [2]  # 3rd idle poll
+    assert watch.poll() is False and watch.is_lost("a")  # two polls in a row
+    out = capsys.readouterr().out
+    assert "  a: lost: its queue worker was killed\n" in out
+    assert out.count("starting the queue again") == 1
+    assert watch.outcomes(["a"])["a"].startswith("failed: dvc queue logs a (its queue worker")

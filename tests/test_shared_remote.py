@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import git_user, sh, tiny_project
 
+from normbench.timing import TIMINGS
+
 CELL = "resnet18-shapes-223"
 OUTPUTS = (f"metrics/{CELL}.json", f"predictions/{CELL}.npy", f"checkpoints/{CELL}.pt")
 CACHED = f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs"
@@ -28,7 +30,7 @@ def outputs(repo: Path) -> dict[str, bytes]:
 def timings(repo: Path) -> list[str]:
     """The timing files in ``repo``: only a cell that trained here writes one (normbench.timing).
     Its outputs cannot tell: a retrain on the same machine writes the same bytes."""
-    return sorted(p.name for p in (repo / "timings").glob("*.json"))
+    return sorted(p.name for p in (repo / TIMINGS).glob("*.json") if p.name != ".keep.json")
 
 
 def exp_metrics(show: list, name: str) -> dict:
@@ -134,7 +136,7 @@ def test_clone_b_exp_pull_and_apply_restore_a_s_experiment(shared):
     assert "Running stage" not in shared["b_apply"]
     assert shared["b_applied_params"]["norm"] == "minmax"
     assert shared["b_applied_status"] == {}  # apply checked out the outputs of its dvc.lock
-    assert shared["b_applied"] == a_minmax  # A's checkpoint bytes: a retrain writes other ones
+    assert shared["b_applied"] == a_minmax  # A's outputs (B's timings show it trained nothing)
     assert shared["b_timings"] == []  # B trained nothing, in any step
 
 

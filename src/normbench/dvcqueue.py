@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,12 +47,18 @@ def progress(log: str) -> str:
 class Task(NamedTuple):
     name: str
     status: str  # Queued | Running | Success | Failed (DVC's queue states)
-    log: Path | None  # the experiment's output, once it has started
+    rev: str  # DVC's stash revision of the task: its log folder and its process are named by it
+    log: Path | None = None  # the experiment's output, once it has started
     pid: int | None = None  # its process (`dvc exp exec-run`), once it has started
 
 
 # DVC's queue states as the study shows them, the same words as the Slurm executor's.
 SHOWN = {"Queued": "queued", "Running": "running", "Success": "done", "Failed": "failed"}
+LOST = "lost: its queue worker was killed"
+LOST_POLLS = 2  # polls in a row that find a task lost before it counts as lost (a task can end,
+                # and its worker exit, between the two reads of one poll)
+WORKERLESS_POLLS = 3  # polls in a row with work queued and no worker before the queue restarts
+FORGET_TRIES = 5  # reads of DVC's queue before a lost task's removal is given up
 
 
 def queue_tasks(repo: Path) -> dict[str, Task]:
@@ -61,24 +69,24 @@ def queue_tasks(repo: Path) -> dict[str, Task]:
     with Repo(str(repo)) as dvc_repo:
         queue = dvc_repo.experiments.celery_queue
         for entry in sorted(queue.status(), key=lambda e: e["timestamp"]):
-            try:
+            task = Task(entry["name"], entry["status"], entry["rev"])
+            with contextlib.suppress(KeyError):  # not started yet
                 info = queue.proc[entry["rev"]]
-                log, pid = Path(info.stdout), info.pid
-            except KeyError:  # not started yet
-                log, pid = None, None
-            tasks[entry["name"]] = Task(entry["name"], entry["status"], log, pid)
+                task = task._replace(log=Path(info.stdout), pid=info.pid)
+            tasks[entry["name"]] = task
     return tasks
 
 
 def lost(task: Task, workers: list[int]) -> bool:
-    """Whether DVC still calls ``task`` running though nothing runs it any more.
+    """Whether DVC calls ``task`` running though nothing runs it any more.
 
     A queue worker that is killed (SIGKILL, the OOM killer) leaves its task "Running" for good:
-    its experiment process runs on and ends, but no worker collects the result or takes the
-    next task. With no worker left and that process gone, the task is lost.
+    its experiment process runs on and ends, but no worker collects the result. With no worker
+    left and that process gone (its command line names the task's revision: a reused pid does
+    not pass), the task is lost.
     """
     return (task.status == "Running" and not workers
-            and (task.pid is None or not _alive(task.pid, b"exec-run")))
+            and (task.pid is None or not _alive(task.pid, task.rev.encode())))
 
 
 def run_dvc(repo: Path, *args: str) -> None:
@@ -104,95 +112,152 @@ def start_queue(repo: Path, jobs: int) -> None:
         raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
 
 
+@dataclass
+class Watch:
+    """This study's tasks on the queue, as one poll after another finds them."""
+
+    repo: Path
+    names: list[str]
+    jobs: int
+    tasks: dict[str, Task] = field(default_factory=dict)
+    lost_polls: Counter = field(default_factory=Counter)  # polls in a row that found it lost
+    workerless: int = 0  # polls in a row with work queued and no worker alive
+    shown: dict[str, str] = field(default_factory=dict)
+
+    def is_lost(self, name: str) -> bool:
+        return self.lost_polls[name] >= LOST_POLLS
+
+    def poll(self) -> bool:
+        """Read the queue, restart it if its workers were killed, show what changed; whether
+        every task has ended."""
+        tasks, workers = queue_tasks(self.repo), queue_workers(self.repo)
+        self.tasks.update({n: tasks[n] for n in self.names if n in tasks})
+        for name, task in self.tasks.items():
+            if not self.is_lost(name):  # once lost, for good: no worker will ever take it
+                self.lost_polls[name] = self.lost_polls[name] + 1 if lost(task, workers) else 0
+        self._restart_if_workerless(workers)
+        self._show()
+        return all(t.status in ("Success", "Failed") or self.is_lost(n)
+                   for n, t in self.tasks.items())
+
+    def _restart_if_workerless(self, workers: list[int]) -> None:
+        """Start the queue again when its workers were killed with work still queued.
+
+        Not while an experiment of this repository still runs: were a killed worker's task put
+        back in the queue, a new worker would train its cells a second time beside it.
+        """
+        queued = any(t.status == "Queued" for t in self.tasks.values())
+        idle = queued and not workers and not experiment_processes(self.repo)
+        self.workerless = self.workerless + 1 if idle else 0
+        if self.workerless >= WORKERLESS_POLLS:
+            print("  no queue worker left with experiments queued: starting the queue again",
+                  flush=True)
+            start_queue(self.repo, self.jobs)
+            self.workerless = 0
+
+    def _show(self) -> None:
+        for name, task in self.tasks.items():
+            state = SHOWN.get(task.status, task.status)
+            if self.is_lost(name):
+                state = LOST
+            elif task.status == "Running" and task.log and task.log.is_file():
+                state = f"running: {progress(task.log.read_text(errors='replace'))}"
+            if self.shown.get(name) != state:
+                self.shown[name] = state
+                print(f"  {name}: {state}", flush=True)
+
+    def outcomes(self, forgotten: list[str]) -> dict[str, str]:
+        """{name: done | failed: <log>}; ``forgotten``: the lost ones, taken off the queue."""
+        again = (" (its queue worker was killed; run the same command again: its finished "
+                 "cells come back from the run-cache)")
+        return {n: "done" if t.status == "Success" and n not in forgotten else
+                f"failed: {t.log or 'dvc queue logs ' + n}" + (again if n in forgotten else "")
+                for n, t in self.tasks.items()}
+
+
 def run_local(repo: Path, experiments: list[Experiment], jobs: int,
               poll_s: float = 2.0) -> dict[str, str]:
     """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
 
     Experiments still queued or running from an interrupted study are waited for, not queued
-    twice. Ctrl-C stops this study's running experiments and unqueues the rest; cells that
-    finished stay in DVC's run-cache, so the next run restores them instead of training.
+    twice; those a killed worker left are queued again. Ctrl-C stops this study's running
+    experiments and unqueues the rest; cells that finished stay in DVC's run-cache, so the next
+    run restores them instead of training.
     """
     names = [e.name for e in experiments]
-    tasks, workers = queue_tasks(repo), queue_workers(repo)
-    gone = [n for n in names if n in tasks and lost(tasks[n], workers)]
-    forget(repo, gone)  # a killed worker's: queued again below (finished cells: the run-cache)
-    active = {n for n, t in tasks.items() if t.status in ("Queued", "Running") and n not in gone}
+    forget(repo, names)  # a killed worker's tasks: queued again below
+    active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
     for exp in experiments:
         if exp.name not in active:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
     start_queue(repo, jobs)
-    shown: dict[str, str] = {}
-    mine: dict[str, Task] = {}
-    lost_now: set[str] = set()
-    idle = [0]  # polls in a row with work queued and no worker alive
-
-    def poll() -> bool:
-        tasks, workers = queue_tasks(repo), queue_workers(repo)
-        mine.update({n: tasks[n] for n in names if n in tasks})
-        lost_now.update(n for n, t in mine.items() if lost(t, workers))
-        # A killed worker's task may come back as queued while its experiment process still
-        # runs: a new worker started then would train the same cells a second time. So the
-        # queue is started again only once no experiment of this repository runs.
-        idle[0] = idle[0] + 1 if not workers and not experiment_processes(repo) and any(
-            t.status == "Queued" for t in mine.values()) else 0
-        if idle[0] >= WORKERLESS_POLLS:  # the workers were killed: the queue would wait forever
-            print("  no queue worker left with experiments queued: starting the queue again",
-                  flush=True)
-            start_queue(repo, jobs)
-            idle[0] = 0
-        for name, task in mine.items():
-            state = "lost: its queue worker was killed" if name in lost_now else (
-                SHOWN.get(task.status, task.status))
-            if task.status == "Running" and name not in lost_now and task.log and (
-                    task.log.is_file()):
-                state = f"running: {progress(task.log.read_text(errors='replace'))}"
-            if shown.get(name) != state:
-                shown[name] = state
-                print(f"  {name}: {state}", flush=True)
-        return all(t.status in ("Success", "Failed") or n in lost_now for n, t in mine.items())
-
+    watch = Watch(repo, names, jobs)
     try:
-        follow(poll, poll_s)
+        follow(watch.poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
         stop_idle_workers(repo)
         raise
-    forget(repo, sorted(lost_now))  # off the queue, so that the next run queues them again
+    # Taken off the queue, so that the next run queues them again.
+    forgotten = forget(repo, [n for n in names if watch.is_lost(n)], established=True)
     stop_idle_workers(repo)
     prune_logs(repo)
-    return {n: "done" if t.status == "Success" and n not in lost_now else
-            f"failed: {t.log or 'dvc queue logs ' + n}" + (
-                " (its queue worker was killed; run the same command again: finished cells "
-                "come back from the run-cache)" if n in lost_now else "")
-            for n, t in mine.items()}
+    return watch.outcomes(forgotten)
 
 
-WORKERLESS_POLLS = 3  # polls with work queued and no worker before the queue is started again
+def forget(repo: Path, names: list[str], established: bool = False) -> list[str]:
+    """Take the lost tasks among ``names`` off DVC's queue, and their temporary workspaces off
+    the disk; the names taken off.
+
+    Each is read again first: one that ended meanwhile stays. ``established``: the caller saw
+    them lost with no worker alive (a worker started since, for other tasks, is no alibi);
+    otherwise a live worker means they are not lost. DVC is told that its process is
+    gone (return code -1) before it is ended, so that DVC only marks it failed: its kill would
+    send SIGINT to the process group of the recorded pid, which another process may hold now.
+    """
+    from dvc.repo import Repo
+    from dvc.repo.experiments.exceptions import UnresolvedExpNamesError
+
+    tasks, workers = queue_tasks(repo), [] if established else queue_workers(repo)
+    gone = [tasks[n] for n in names if n in tasks and lost(tasks[n], workers)]
+    if not gone:
+        return []
+    with Repo(str(repo)) as dvc_repo:
+        queue = dvc_repo.experiments.celery_queue
+        for task in gone:
+            with contextlib.suppress(KeyError):  # never started: no process record
+                info = queue.proc[task.rev]
+                info.returncode = -1
+                queue.proc[task.rev] = info
+            _remove_workspace(repo, task)
+        queue.kill([t.name for t in gone])
+        for _ in range(FORGET_TRIES):  # the failure reaches the task's result a moment later
+            try:
+                queue.remove([t.name for t in gone])
+                break
+            except UnresolvedExpNamesError:
+                time.sleep(1)
+    return [t.name for t in gone]
 
 
-def forget(repo: Path, lost_names: list[str]) -> None:
-    """Take lost tasks off DVC's queue. `dvc queue remove` refuses a task DVC calls running;
-    `dvc queue kill` first ends it (its process is gone already: DVC only warns)."""
-    if not lost_names:
+def _remove_workspace(repo: Path, task: Task) -> None:
+    """The temporary copy of the workspace a lost task ran in (DVC removes it when a worker
+    collects the task, which no worker will do now)."""
+    if task.log is None:
         return
-    subprocess.run(["dvc", "queue", "kill", *lost_names], cwd=repo, capture_output=True)
-    for _ in range(FORGET_TRIES):  # the kill reaches DVC's record of the task a moment later
-        removed = subprocess.run(["dvc", "queue", "remove", *lost_names], cwd=repo,
-                                 capture_output=True, text=True)
-        if removed.returncode == 0:
-            return
-        time.sleep(2)
-    print(f"study: could not take {' '.join(lost_names)} off DVC's queue "
-          f"({removed.stderr.strip()}); the next run queues them again anyway", file=sys.stderr)
+    try:
+        root = Path(json.loads(task.log.with_suffix(".run").read_text())["root_dir"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        return
+    if root.resolve().parent == (repo / EXPS_DIR).resolve():  # never anything else
+        shutil.rmtree(root, ignore_errors=True)
 
 
-FORGET_TRIES = 5
-
-
+EXPS_DIR = Path(".dvc") / "tmp" / "exps"  # DVC's queue: temporary workspaces, records, logs
 # DVC's record of each queue worker it started: <name>.json with the worker's pid.
-WORKERS_DIR = Path(".dvc") / "tmp" / "exps" / "celery"
+WORKERS_DIR = EXPS_DIR / "celery"
 # DVC's queue logs: a folder per task, never removed by DVC itself.
-LOGS_DIR = Path(".dvc") / "tmp" / "exps" / "run"
+LOGS_DIR = EXPS_DIR / "run"
 KEEP_LOGS = 20  # logs of finished experiments kept for `dvc queue logs`, the newest first
 
 
@@ -271,8 +336,8 @@ def stop_idle_workers(repo: Path, grace_s: float = 20.0) -> list[int]:
 def stop_local(repo: Path, names: list[str]) -> None:
     """Ctrl-C: stop this study's running experiments and take its queued ones off the queue."""
     tasks = queue_tasks(repo)
-    running = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Running"]
-    queued = [n for n in names if tasks.get(n, Task(n, "", None)).status == "Queued"]
+    running = [n for n in names if tasks.get(n, Task(n, "", "")).status == "Running"]
+    queued = [n for n in names if tasks.get(n, Task(n, "", "")).status == "Queued"]
     if running:
         subprocess.run(["dvc", "queue", "kill", *running], cwd=repo)
     if queued:

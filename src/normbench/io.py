@@ -63,35 +63,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except Exception as e:
+    except (OSError, RuntimeError) as e:
         full = _no_room(tmp, e)
         if full is None:
             raise
-        raise StageFailed(f"cannot write {path}: {full}. Nothing was replaced: the previous "
-                          f"outputs, dvc.lock and the DVC cache are as they were; make room "
-                          f"and run the stage again") from e
+        raise StageFailed(f"cannot write {path}: {full}. {path} was not replaced, and dvc.lock and "
+                          f"the DVC cache are unchanged (DVC records nothing of a failed stage); "
+                          f"make room and run the stage again") from e
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 # What a write that found no room raises: Python says so with an errno; torch.save's C++ writer
-# only with a RuntimeError ("unexpected pos ..."), so the cause is read off the disk as well.
+# only with a RuntimeError of its own, so then the cause is read off the disk.
 NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EFBIG: "a file reached the size limit"}
-FULL_BELOW = 2**20  # bytes free under which a failed write is taken for a full disk
+TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter")  # in torch.save's messages
+FULL_BELOW = 2**20  # bytes free under which a failed torch.save is taken for a full disk
 
 
-def _no_room(tmp: Path, error: Exception) -> str | None:
+def _no_room(tmp: Path, error: OSError | RuntimeError) -> str | None:
     """Why writing ``tmp`` failed for lack of room, with the figures; None if it did not."""
     files = [p for p in [tmp, *tmp.rglob("*")] if p.is_file()] if tmp.exists() else []
     written = sum(p.stat().st_size for p in files)  # bytes, when the write stopped
     largest = max((p.stat().st_size for p in files), default=0)
     free = shutil.disk_usage(tmp.parent).free
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]  # bytes; RLIM_INFINITY: none
+    limited = limit != resource.RLIM_INFINITY
     code = error.errno if isinstance(error, OSError) else None
-    if code == errno.EFBIG or (limit != resource.RLIM_INFINITY and largest >= limit):
-        why = f"{NO_ROOM[errno.EFBIG]} of {_mib(limit)} (`ulimit -f`)"
-    elif code in NO_ROOM or free < FULL_BELOW:
+    torch_write = isinstance(error, RuntimeError) and any(
+        mark in str(error) for mark in TORCH_WRITE_FAILED)
+    if code == errno.EFBIG or (torch_write and limited and largest >= limit):
+        why = (f"{NO_ROOM[errno.EFBIG]} of {_mib(limit)} (`ulimit -f`)" if limited else
+               f"{NO_ROOM[errno.EFBIG]} of its file system")
+    elif code in NO_ROOM or (torch_write and free < FULL_BELOW):
         why = NO_ROOM.get(code, NO_ROOM[errno.ENOSPC])
     else:
         return None

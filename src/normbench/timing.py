@@ -5,9 +5,11 @@ on the same machine writes them bit for bit again, so a fresh clone's ``make rep
 every hash in the committed dvc.lock and leaves ``git status`` clean. Timing differs on every run,
 so it lives apart: ``timings/<cell>.json``, which no stage declares and git ignores.
 ``dvc metrics show`` and the workspace row of ``dvc exp show`` show it (dvc.yaml lists the folder
-as metrics); a cell restored from the DVC cache trained nothing and leaves none. A queued
-experiment runs in a temporary copy of the workspace, deleted when it ends: a caller that wants
-its timings (bench/queue_speed.py) names a folder of its own in ``$NORMBENCH_TIMINGS``.
+as metrics; git keeps only the folder, with an empty ``.keep.json``). A cell restored from the
+DVC cache trains nothing and writes nothing: the file there, if any, is from the last time the
+cell trained in this workspace. A queued experiment runs in a temporary copy of the workspace,
+deleted when it ends: a caller that wants its timings (bench/queue_speed.py) names a folder of
+its own in ``$NORMBENCH_TIMINGS``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 from normbench.io import write_json
+from normbench.registry import ConfigError
 
 TIMINGS = Path("timings")  # relative to the repository root, where DVC runs the stages
 TIMINGS_ENV = "NORMBENCH_TIMINGS"  # a folder that replaces TIMINGS (a queue's runs)
@@ -23,7 +26,11 @@ TIMINGS_ENV = "NORMBENCH_TIMINGS"  # a folder that replaces TIMINGS (a queue's r
 
 def timing_path(name: str) -> Path:
     """Where the timing of ``name`` (a cell) is written."""
-    return Path(os.environ.get(TIMINGS_ENV) or TIMINGS) / f"{name}.json"
+    folder = Path(os.environ.get(TIMINGS_ENV) or TIMINGS)
+    if os.environ.get(TIMINGS_ENV) and not folder.is_absolute():  # it would land in a workspace
+        raise ConfigError(f"{TIMINGS_ENV} must be an absolute path (a queued cell runs in a "
+                          f"temporary copy of the workspace), got {folder}")
+    return folder / f"{name}.json"
 
 
 def write_timing(name: str, timing: dict) -> Path:
