@@ -264,3 +264,27 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
     assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | 2 |" in table
+
+
+def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretrained(tmp_path):
+    """One model on a tiny workload: its per_model entry is the budget of its cells and of its
+    pretraining, and every cell's final accuracy and learned flag reach the table."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+         "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path),
+         "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
+         "--set", "per_model.resnet18={batch_size: 8}",
+         "--set", "start.pretrained.data.images_per_class=6",
+         "--set", "start.pretrained.data.test_fraction=0.25",
+         "--set", "start.pretrained.train.epochs=1"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = next(tmp_path.glob("model-budget-*.md")).read_text()
+    assert ("| model | budget | shapes, scratch | gratings (source) | shapes, pretrained on "
+            "gratings |") in table, table
+    [row] = [line for line in table.splitlines() if line.startswith("| resnet18 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "batch 8, lr 0.001, 1 epochs"  # per_model over the shared block
+    for value in cells[2:]:  # a percentage, "(chance)" when not above chance
+        number, _, flag = value.partition(" ")
+        assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), row

@@ -237,6 +237,11 @@ def fault_in_study(reference: Path, tmp_path: Path, fault: str, moment: tuple[st
                     f"{fault}: the moment came too late:\n{''.join(seen)}"
                 for pid in victims:
                     os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while set(victims) & set(queue_workers(repo)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                left = set(victims) & set(queue_workers(repo))
+                assert not left, f"{fault} {victims} still alive after SIGKILL: {left}"
             break
     else:
         pytest.fail(f"{fault}: the moment {moment} never came:\n{''.join(seen)}")

@@ -146,6 +146,9 @@ def test_workers_are_left_alone_while_the_queue_still_has_work(tmp_path, monkeyp
     try:
         assert dvcqueue.stop_idle_workers(tmp_path, grace_s=0.1) == []
         assert worker.poll() is None
+        # The study's own task, still called running while Ctrl-C stops it, is no one else's.
+        assert dvcqueue.stop_idle_workers(tmp_path, ours=["x"], grace_s=0.1) == [worker.pid]
+        assert worker.wait(timeout=15) == -signal.SIGTERM
     finally:
         worker.kill()
         worker.wait()

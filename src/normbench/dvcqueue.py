@@ -196,11 +196,11 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
         follow(watch.poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
-        stop_idle_workers(repo)
+        stop_idle_workers(repo, ours=names)
         raise
     # Taken off the queue, so that the next run queues them again.
     forgotten = forget(repo, [n for n in names if watch.is_lost(n)], established=True)
-    stop_idle_workers(repo)
+    stop_idle_workers(repo, ours=names)
     prune_logs(repo)
     return watch.outcomes(forgotten)
 
@@ -308,14 +308,17 @@ def queue_workers(repo: Path) -> list[int]:
     return pids
 
 
-def stop_idle_workers(repo: Path, grace_s: float = 20.0) -> list[int]:
-    """When the queue holds nothing queued or running, stop the workers that linger; the pids.
+def stop_idle_workers(repo: Path, ours: list[str] = (), grace_s: float = 20.0) -> list[int]:
+    """When the queue holds nothing else queued or running, stop the workers that linger; the
+    pids.
 
     A worker exits by itself once the queue is empty, but not always (seen with -j 2): one
     still there after ``grace_s`` seconds gets SIGTERM, then SIGKILL, so that nothing of the
-    study is left running when it returns.
+    study is left running when it returns. ``ours``: this study's tasks, which may still be
+    called running while they are being stopped (Ctrl-C).
     """
-    if any(t.status in ("Queued", "Running") for t in queue_tasks(repo).values()):
+    if any(t.status in ("Queued", "Running") and n not in ours
+           for n, t in queue_tasks(repo).items()):
         return []  # someone else's work: leave their workers alone
     deadline = time.monotonic() + grace_s
     while (alive := queue_workers(repo)) and time.monotonic() < deadline:
