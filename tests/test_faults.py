@@ -168,6 +168,10 @@ SEVEN = "resnet18-shapes-7"
 STUDY_MOMENTS = (("running: train@", 1), ("running: report", 1), ("running: train@", 2))
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def study(repo: Path) -> subprocess.Popen:
     """`make study` as the Makefile runs it, with this checkout's library."""
     from conftest import ROOT
@@ -232,16 +236,16 @@ def fault_in_study(reference: Path, tmp_path: Path, fault: str, moment: tuple[st
                 proc.kill()
                 proc.stdout.close()  # what it printed after is not needed, only that it died
                 return repo, "".join(seen), proc.wait(timeout=60)
-                victims = queue_workers(repo)
-                assert victims and experiment_processes(repo), \
-                    f"{fault}: the moment came too late:\n{''.join(seen)}"
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-                while set(victims) & set(queue_workers(repo)) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                left = set(victims) & set(queue_workers(repo))
-                assert not left, f"{fault} {victims} still alive after SIGKILL: {left}"
+            running = experiment_processes(repo)
+            assert running, f"{fault}: the moment came too late:\n{''.join(seen)}"
+            # The worker that runs the experiment (its process's parent), and any other.
+            victims = sorted({parent(pid) for pid in running} | set(queue_workers(repo)))
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while set(victims) & set(queue_workers(repo)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not set(victims) & set(queue_workers(repo)), f"{fault}: {victims} survived"
             break
     else:
         pytest.fail(f"{fault}: the moment {moment} never came:\n{''.join(seen)}")
