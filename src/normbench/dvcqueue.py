@@ -185,8 +185,9 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     run restores them instead of training.
     """
     names = [e.name for e in experiments]
-    forget(repo, names)  # a killed worker's tasks: queued again below
-    active = {n for n, t in queue_tasks(repo).items() if t.status in ("Queued", "Running")}
+    tasks = queue_tasks(repo)
+    gone = forget(repo, names, tasks)  # a killed worker's tasks: queued again below
+    active = {n for n, t in tasks.items() if t.status in ("Queued", "Running") and n not in gone}
     for exp in experiments:
         if exp.name not in active:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
@@ -205,11 +206,13 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     return watch.outcomes(forgotten)
 
 
-def forget(repo: Path, names: list[str], established: bool = False) -> list[str]:
+def forget(repo: Path, names: list[str], tasks: dict[str, Task] | None = None,
+           established: bool = False) -> list[str]:
     """Take the lost tasks among ``names`` off DVC's queue, and their temporary workspaces off
     the disk; the names taken off.
 
-    Each is read again first: one that ended meanwhile stays. ``established``: the caller saw
+    ``tasks``: the queue as just read; otherwise it is read again, so that a task that ended
+    meanwhile stays. ``established``: the caller saw
     them lost with no worker alive (a worker started since, for other tasks, is no alibi);
     otherwise a live worker means they are not lost. DVC is told that its process is
     gone (return code -1) before it is ended, so that DVC only marks it failed: its kill would
@@ -218,7 +221,8 @@ def forget(repo: Path, names: list[str], established: bool = False) -> list[str]
     from dvc.repo import Repo
     from dvc.repo.experiments.exceptions import UnresolvedExpNamesError
 
-    tasks, workers = queue_tasks(repo), [] if established else queue_workers(repo)
+    tasks = queue_tasks(repo) if tasks is None else tasks
+    workers = [] if established else queue_workers(repo)
     gone = [tasks[n] for n in names if n in tasks and lost(tasks[n], workers)]
     if not gone:
         return []

@@ -26,11 +26,11 @@ TIMINGS_ENV = "NORMBENCH_TIMINGS"  # a folder that replaces TIMINGS (a queue's r
 
 def timing_path(name: str) -> Path:
     """Where the timing of ``name`` (a cell) is written."""
-    folder = Path(os.environ.get(TIMINGS_ENV) or TIMINGS)
-    if os.environ.get(TIMINGS_ENV) and not folder.is_absolute():  # it would land in a workspace
+    chosen = os.environ.get(TIMINGS_ENV)
+    if chosen and not Path(chosen).is_absolute():  # it would land in a temporary workspace
         raise ConfigError(f"{TIMINGS_ENV} must be an absolute path (a queued cell runs in a "
-                          f"temporary copy of the workspace), got {folder}")
-    return folder / f"{name}.json"
+                          f"temporary copy of the workspace), got {chosen}")
+    return Path(chosen or TIMINGS) / f"{name}.json"
 
 
 def write_timing(name: str, timing: dict) -> Path:
