@@ -216,3 +216,16 @@ def test_compile_unavailable_is_reported(even, monkeypatch):
     monkeypatch.setattr(torch, "compile", unavailable)
     with pytest.raises(CompileFailed, match="RuntimeError: torch.compile is not supported"):
         run_tiny(even, SpeedConfig("none", "reduce-overhead", False), EVEN)
+
+
+def test_timing_goes_to_timings_or_to_an_absolute_folder_of_the_callers(tmp_path, monkeypatch):
+    from normbench.registry import ConfigError
+    from normbench.timing import TIMINGS, TIMINGS_ENV, timing_path
+
+    monkeypatch.delenv(TIMINGS_ENV, raising=False)
+    assert timing_path("c") == TIMINGS / "c.json"
+    monkeypatch.setenv(TIMINGS_ENV, str(tmp_path))
+    assert timing_path("c") == tmp_path / "c.json"
+    monkeypatch.setenv(TIMINGS_ENV, "relative")  # would land in a queued cell's temporary copy
+    with pytest.raises(ConfigError, match="must be an absolute path"):
+        timing_path("c")
