@@ -40,14 +40,16 @@ system-packages:
 		echo "missing Debian packages; run: sudo apt-get install" $$missing; \
 	fi
 
-# In parallel (pytest-xdist), one worker per core, a whole test module per worker (--dist
+# In parallel (pytest-xdist), two workers per core, a whole test module per worker (--dist
 # loadfile): a module's tests share its module-scoped fixtures (a reproduced DVC repository, a
 # trained model), built once, and each shared resource (the one-node Slurm, the Chromium browser)
 # is driven by one module. (--dist loadgroup would group by xdist_group marks, but pytest-xdist
 # 3.8 loses them under pytest 9.2: pytest-xdist#1386.) The modules go out in the order of
-# tests/conftest.py, longest first, not xdist's default of the most tests first.
+# tests/conftest.py, longest first, not xdist's default of the most tests first. Two per core:
+# the suite is CPU-bound in all (bench/suite_time.py), but each test also waits (DVC's queue
+# workers starting, polls), and one worker per core left the cores idle then.
 test: setup system-packages
-	python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
+	python -m pytest -q -n $$((2 * $$(nproc))) --dist loadfile --no-loadscope-reorder
 
 # ImageNet weights of the configured models into $$TORCH_HOME, for machines that go offline later.
 weights: setup

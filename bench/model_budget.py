@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["digits", "shapes"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-pretrained", action="store_true", help="scratch cells only")
+    ap.add_argument("--no-scratch", action="store_true",
+                    help="pretrained cells only (a model's scratch row is measured already)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="params override, e.g. train.epochs=1 (repeatable)")
@@ -74,7 +76,8 @@ def main() -> None:
     targets = {d: build_dataset(d, require(params, f"data.{d}")) for d in args.datasets}
     starts = [] if args.no_pretrained else [f"pretrained on {pre.source}"]
     name = device_label(device)
-    header = (["model", "budget"] + [f"{d}, scratch" for d in args.datasets]
+    scratch = [] if args.no_scratch else args.datasets
+    header = (["model", "budget"] + [f"{d}, scratch" for d in scratch]
               + ([f"{pre.source} (source)"] + [f"{d}, {starts[0]}" for d in args.datasets]
                  if starts else []))
     lines = [f"# Does every model learn on the embedded data? ({name})", "",
@@ -88,7 +91,7 @@ def main() -> None:
         cfg = shared.for_model(per_model, model)
         row = [model, f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs"]
         row += [shown(cell(model, None, targets[d], cfg, args.seed, device))
-                for d in args.datasets]
+                for d in scratch]
         if starts:
             start = pretrain(model, pre, device, PLAIN, per_model=per_model)
             row.append(shown(start["metrics"]))
@@ -96,11 +99,14 @@ def main() -> None:
                     for d in args.datasets]
         lines.append("| " + " | ".join(row) + " |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    args.results.mkdir(exist_ok=True)
-    out = args.results / f"model-budget-{slug(name)}.md"
-    out.write_text(text)
-    print(f"\n{text}wrote {out}")
+        write(lines, args.results / f"model-budget-{slug(name)}.md")  # each row kept as it ends
+    print("\n" + "\n".join(lines))
+
+
+def write(lines: list[str], out: Path) -> None:
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def require_program(name: str) -> str:
 
 # The longest modules, longest first (as measured on a 2-core machine): `make test` hands whole
 # modules to its pytest-xdist workers in collection order (--dist loadfile --no-loadscope-reorder),
-# so these start first and the last ones to start are short: both workers finish together. The
+# so these start first and the last ones to start are short: the workers finish together. The
 # other modules follow as collected.
 LONGEST_FIRST = ("test_study_e2e.py", "test_pipeline.py", "test_faults.py", "test_pretrain.py",
                  "test_bench.py", "test_cluster.py", "test_shared_remote.py", "test_stages.py",

@@ -288,3 +288,41 @@ def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretr
     for value in cells[2:]:  # a percentage, "(chance)" when not above chance
         number, _, flag = value.partition(" ")
         assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), row
+
+
+DETACHED_BURN = """
+import os, sys, time
+if os.fork() == 0:  # a daemon, as DVC starts its queue workers: nobody waits for it
+    os.setsid()
+    if os.fork() == 0:
+        end = time.process_time() + 1.5
+        while time.process_time() < end:
+            pass
+    os._exit(0)
+time.sleep(2.5)  # the daemon burns meanwhile; rusage never sees its CPU
+sys.exit(3)
+"""
+
+
+def test_suite_time_counts_the_cpu_of_detached_processes_and_keeps_the_exit_code(tmp_path):
+    out = tmp_path / "times.txt"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "suite_time.py"), "--out",
+                           str(out), "--", sys.executable, "-c", DETACHED_BURN],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    line = out.read_text()
+    assert line == proc.stdout and ": exit 3, wall " in line
+    busy = float(line.split("machine busy ")[1].split()[0])
+    assert busy >= 1.4, line  # at least the daemon's 1.5 CPU-s (other work may add to it)
+
+
+def test_stage_imports_times_the_stages_and_the_eager_reference():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_imports.py"),
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
+    assert set(rows) == {"download@shapes", "download@digits"}, proc.stdout
+    for row in rows.values():  # the reference imports more: it costs more CPU
+        ours, eager = (float(part.split(" CPU-s")[0].split()[-1])
+                       for part in row.split(", with torch"))
+        assert 0 < ours < eager, row

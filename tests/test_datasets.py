@@ -1,7 +1,11 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from normbench.arrays import Arrays, Split, load_arrays, save_arrays
 from normbench.datasets import DATASETS, build_dataset, make_shapes
@@ -95,3 +99,13 @@ def test_missing_or_damaged_folder_says_how_to_rebuild(tmp_path):
 
 def test_registry_lists_embedded_datasets():
     assert DATASETS.names()[:2] == ["digits", "shapes"]
+
+
+def test_the_dataset_registry_imports_neither_torch_nor_torchvision():
+    """The check and download stages start without them (torchvision's import alone costs
+    about 1.5 CPU-s, bench/stage_imports.py); only the functions that need them import them."""
+    code = ("import sys; import normbench.datasets, normbench.sources; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True)
+    assert out.stdout.strip() == "[]"

@@ -233,3 +233,35 @@ def test_the_watch_calls_a_task_lost_after_two_polls_and_restarts_a_workerless_q
     assert "  a: lost: its queue worker was killed\n" in out
     assert out.count("starting the queue again") == 1
     assert watch.outcomes(["a"])["a"].startswith("failed: dvc queue logs a (its queue worker")
+
+
+def test_an_experiment_that_ended_after_the_study_counted_is_not_queued_again(
+        tmp_path, monkeypatch):
+    """A killed study's experiment runs on and ends between the rerun's count of what is done
+    and its queueing: DVC has its ref then, and would refuse the same name a second time."""
+    from normbench import dvcqueue
+
+    done, new = (Experiment(n, "scratch", (1,), (f"norm={n}",)) for n in ("dataset", "minmax"))
+    for cmd in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                 "--allow-empty", "-m", "base"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{done.name}", head],
+                   cwd=tmp_path, check=True)
+    subprocess.run(["git", "update-ref", f"refs/exps/00/0000/{new.name}", head], cwd=tmp_path,
+                   check=True)  # the same name, but another commit's experiment
+    assert dvcqueue.experiment_names(tmp_path) == {done.name}
+
+    ended = dvcqueue.Task(done.name, "Success", "r1")
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {done.name: ended})
+    monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: None)
+    monkeypatch.setattr(dvcqueue, "follow", lambda poll, poll_s: poll())
+    monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [])
+    monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
+    queued = []
+    monkeypatch.setattr(dvcqueue, "run_dvc", lambda repo, *args: queued.append(args[args.index("--name") + 1]))
+    assert dvcqueue.run_local(tmp_path, [done, new], jobs=1) == {done.name: "done"}
+    assert queued == [new.name]

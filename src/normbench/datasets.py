@@ -10,11 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-import torchvision
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from normbench.arrays import Arrays, Split, check_arrays
 from normbench.config import check_block
@@ -24,6 +19,9 @@ from normbench.sources import Source, load_cifar, load_svhn, load_tiny_imagenet
 
 def _upsample(gray: np.ndarray, size: int) -> np.ndarray:
     """N x h x w floats in [0, 1] -> N x size x size x 3 uint8 (bilinear, grey copied to RGB)."""
+    import torch  # here, not at the top: the stages that only check or build arrays start in a
+    import torch.nn.functional as F  # fraction of a second without torch (bench/stage_imports.py)
+
     x = torch.from_numpy(gray).float().unsqueeze(1)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).numpy()
@@ -32,6 +30,8 @@ def _upsample(gray: np.ndarray, size: int) -> np.ndarray:
 
 def _stratified(images: np.ndarray, labels: np.ndarray, classes: list[str], test_fraction: float,
                 seed: int) -> Arrays:
+    from sklearn.model_selection import train_test_split
+
     tr_x, te_x, tr_y, te_y = train_test_split(
         images, labels, test_size=test_fraction, stratify=labels, random_state=seed
     )
@@ -40,6 +40,8 @@ def _stratified(images: np.ndarray, labels: np.ndarray, classes: list[str], test
 
 def make_digits(test_fraction: float, seed: int, image_size: int = 32) -> Arrays:
     """scikit-learn's 1797 handwritten 8 x 8 digits (values 0..16), as RGB images."""
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = _upsample(digits.images / 16.0, image_size)
     classes = [str(c) for c in digits.target_names]
@@ -164,11 +166,11 @@ DATASETS: Registry[DatasetSpec] = Registry(
             "procedural oriented stripes, 16 classes, 32 x 32: the embedded pretraining source",
         ),
         "cifar10": DatasetSpec(
-            lambda source: _real(load_cifar(torchvision.datasets.CIFAR10, "cifar10", source)),
+            lambda source: _real(load_cifar("CIFAR10", "cifar10", source)),
             {}, "CIFAR-10, 50,000 + 10,000 images, 10 classes, 32 x 32",
         ),
         "cifar100": DatasetSpec(
-            lambda source: _real(load_cifar(torchvision.datasets.CIFAR100, "cifar100", source)),
+            lambda source: _real(load_cifar("CIFAR100", "cifar100", source)),
             {}, "CIFAR-100, 50,000 + 10,000 images, 100 classes, 32 x 32",
         ),
         "svhn": DatasetSpec(

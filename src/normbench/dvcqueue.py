@@ -89,6 +89,17 @@ def lost(task: Task, workers: list[int]) -> bool:
             and (task.pid is None or not _alive(task.pid, task.rev.encode())))
 
 
+def experiment_names(repo: Path) -> set[str]:
+    """The names of HEAD's experiments, from their git refs (refs/exps/<sha[:2]>/<sha[2:]>/
+    <name>, written when an experiment ends well)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)",
+                           f"refs/exps/{head[:2]}/{head[2:]}/"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.split()
+    return {ref.rsplit("/", 1)[1] for ref in refs}
+
+
 def run_dvc(repo: Path, *args: str) -> None:
     proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -188,8 +199,12 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     tasks = queue_tasks(repo)
     gone = forget(repo, names, tasks)  # a killed worker's tasks: queued again below
     active = {n for n, t in tasks.items() if t.status in ("Queued", "Running") and n not in gone}
+    # Read after the tasks: an experiment of an earlier, killed study that ended since this
+    # study counted what is done (DVC names it before its task ends) is not queued again, which
+    # DVC would refuse ("conflicts with existing experiment").
+    ended = experiment_names(repo)
     for exp in experiments:
-        if exp.name not in active:
+        if exp.name not in active and exp.name not in ended:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
     start_queue(repo, jobs)
     watch = Watch(repo, names, jobs)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torchvision
 from tqdm import tqdm
 
 from normbench.arrays import Split
@@ -174,8 +173,13 @@ def _verified_or_fetched(load, name: str, source: Source, url: str, archive_md5:
         raise ConfigError(f"{name} in {folder} fails its checksums after download ({e})") from e
 
 
-def load_cifar(cls: type, name: str, source: Source) -> tuple[Split, Split, list[str]]:
-    """CIFAR-10 or CIFAR-100 through torchvision's class, which verifies before unpickling."""
+def load_cifar(class_name: str, name: str, source: Source) -> tuple[Split, Split, list[str]]:
+    """CIFAR-10 or CIFAR-100 through torchvision's class (``CIFAR10``, ``CIFAR100``), which
+    verifies before unpickling."""
+    import torchvision  # only the real datasets need it: the embedded ones start faster
+
+    cls = getattr(torchvision.datasets, class_name)
+
     def load(folder: Path):
         return [cls(str(folder), train=train, download=False) for train in (True, False)]
 
@@ -187,6 +191,8 @@ def load_cifar(cls: type, name: str, source: Source) -> tuple[Split, Split, list
 
 def load_svhn(source: Source) -> tuple[Split, Split, list[str]]:
     """SVHN's train and test .mat files (torchvision's checksums); label 10 is the digit 0."""
+    import torchvision
+
     cls = torchvision.datasets.SVHN
     folder = source.folder("svhn")
     splits = []
