@@ -1,8 +1,11 @@
 """Only like is compared with like: runs with other learning params are left out, with why."""
 
+import os
+
 import pytest
 
 from normbench.compare import held_fixed
+from normbench.registry import ConfigError
 from normbench.runs import parse_exp_show, reference_params, select, stale
 
 PARAMS = {"norm": "dataset", "weights": "scratch", "models": ["resnet18"], "seeds": [1, 2],
@@ -362,3 +365,48 @@ def test_other_weights_kinds_are_held_to_the_references_dvc_lock():
     assert sel.cells.run.tolist() == ["imagenet"]
     assert sel.left_out == ["imagenet-newcode, digits: code or data differ (dvc.lock hashes): "
                             "src/normbench/train.py"]
+
+
+FAKE_DVC = """#!/bin/sh
+# `dvc exp show`, failing as DVC does while a stopped task's record is being removed, until
+# the count in ./tries reaches {fails}; then {{"ok": 1}}.
+n=$(cat tries 2>/dev/null || echo 0); echo $((n + 1)) > tries
+if [ "$n" -lt {fails} ]; then
+  echo "ERROR: unexpected error - [Errno 2] No such file or directory: '{message}'" >&2; exit 255
+fi
+echo '[{{"ok": 1}}]'
+"""
+
+
+def fake_dvc(tmp_path, monkeypatch, fails: int, message: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "tries").unlink(missing_ok=True)
+    (bin_dir / "dvc").write_text(FAKE_DVC.format(fails=fails, message=message))
+    (bin_dir / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_exp_show_waits_out_the_record_of_a_stopped_task_and_nothing_else(tmp_path,
+                                                                         monkeypatch):
+    from normbench import runs
+
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    fake_dvc(tmp_path, monkeypatch, fails=2, message="/r/.dvc/tmp/exps/run/abc/abc.run")
+    assert runs.exp_show(tmp_path) == [{"ok": 1}]
+    assert (tmp_path / "tries").read_text().strip() == "3"
+
+    # A record that never goes away: the error, after every try.
+    fake_dvc(tmp_path, monkeypatch, fails=99, message="/r/.dvc/tmp/exps/run/abc/abc.run")
+    with pytest.raises(ConfigError, match=r"`dvc exp show` failed in .*abc\.run"):
+        runs.exp_show(tmp_path, tries=4)
+    assert (tmp_path / "tries").read_text().strip() == "4"
+
+
+def test_exp_show_fails_at_once_on_any_other_error(tmp_path, monkeypatch):
+    from normbench import runs
+
+    fake_dvc(tmp_path, monkeypatch, fails=5, message="/r/params.yaml")
+    with pytest.raises(ConfigError, match="params.yaml"):
+        runs.exp_show(tmp_path)
+    assert (tmp_path / "tries").read_text().strip() == "1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,30 @@ def parse_exp_show(entries: list[dict]) -> list[Run]:
 
 
 # pragma: no mutate start (I/O: runs dvc; `make mutation` covers parsing and selection)
-def exp_show(repo: Path, all_commits: bool = True) -> list[dict]:
-    """``dvc exp show --json`` of the repository (every commit, or HEAD only)."""
+EXP_SHOW_TRIES = 30  # seconds, at one try a second
+
+
+def exp_show(repo: Path, all_commits: bool = True, tries: int = EXP_SHOW_TRIES) -> list[dict]:
+    """``dvc exp show --json`` of the repository (every commit, or HEAD only).
+
+    Retried, once a second, while it fails on a queue task's missing ``.run`` file: DVC removes
+    a stopped experiment's record (Ctrl-C, `dvc queue kill`) a moment before it stops calling the
+    experiment active, and `exp show` reads the records of the active ones (seen in
+    test_study_e2e, a study started right after another was stopped).
+    """
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+    for attempt in range(tries):
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        if not _stopped_task_race(proc.stderr) or attempt == tries - 1:
+            break
+        time.sleep(1)
+    raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
+
+
+def _stopped_task_race(stderr: str) -> bool:
+    return "No such file or directory" in stderr and ".run'" in stderr
 
 
 # pragma: no mutate end
