@@ -47,9 +47,11 @@ system-packages:
 # 3.8 loses them under pytest 9.2: pytest-xdist#1386.) The modules go out in the order of
 # tests/conftest.py, longest first, not xdist's default of the most tests first. Two per core:
 # the suite is CPU-bound in all (bench/suite_time.py), but each test also waits (DVC's queue
-# workers starting, polls), and one worker per core left the cores idle then.
+# workers starting, polls), and one worker per core left the cores idle then. At most 16: the
+# longest modules set the end, and a worker with no module left only holds memory.
+TEST_WORKERS := $(shell n=$$((2 * $$(nproc))); echo $$((n < 16 ? n : 16)))
 test: setup system-packages
-	python -m pytest -q -n $$((2 * $$(nproc))) --dist loadfile --no-loadscope-reorder
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # ImageNet weights of the configured models into $$TORCH_HOME, for machines that go offline later.
 weights: setup

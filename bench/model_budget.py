@@ -4,8 +4,9 @@ For each model: the train block with the model's ``per_model`` entry, from scrat
 target, then pretrained on the embedded source (the ``start.pretrained`` block, with the same
 ``per_model`` entry) and fine-tuned on each target: one seed, ``norm: dataset``, on this device,
 the training code of the train and start stages. Prints a row per model as it goes and writes
-bench/results/model-budget-<device>.md: final test accuracy, chance, and whether the cell learned
-(one-sided binomial test against chance, as every cell's metrics say).
+bench/results/model-budget-<device>[-pretrained-only | -scratch-only].md: final test accuracy,
+chance, and whether the cell learned (one-sided binomial test against chance, as every cell's
+metrics say).
 
 A cell on 2 CPU cores takes from about a minute (resnet18) to 15 (vgg16); a pretraining about 3 to
 30 times as long as a cell on digits.
@@ -59,9 +60,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--datasets", nargs="+", default=["digits", "shapes"])
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--no-pretrained", action="store_true", help="scratch cells only")
-    ap.add_argument("--no-scratch", action="store_true",
-                    help="pretrained cells only (a model's scratch row is measured already)")
+    only = ap.add_mutually_exclusive_group()  # each writes a table of its own name
+    only.add_argument("--no-pretrained", action="store_true", help="scratch cells only")
+    only.add_argument("--no-scratch", action="store_true",
+                      help="pretrained cells only (a model's scratch row is measured already)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="params override, e.g. train.epochs=1 (repeatable)")
@@ -77,6 +79,7 @@ def main() -> None:
     starts = [] if args.no_pretrained else [f"pretrained on {pre.source}"]
     name = device_label(device)
     scratch = [] if args.no_scratch else args.datasets
+    part = "-pretrained-only" if args.no_scratch else "-scratch-only" if args.no_pretrained else ""
     header = (["model", "budget"] + [f"{d}, scratch" for d in scratch]
               + ([f"{pre.source} (source)"] + [f"{d}, {starts[0]}" for d in args.datasets]
                  if starts else []))
@@ -99,7 +102,7 @@ def main() -> None:
                     for d in args.datasets]
         lines.append("| " + " | ".join(row) + " |")
         print(lines[-1], flush=True)
-        write(lines, args.results / f"model-budget-{slug(name)}.md")  # each row kept as it ends
+        write(lines, args.results / f"model-budget-{slug(name)}{part}.md")  # kept as it ends
     print("\n" + "\n".join(lines))
 
 

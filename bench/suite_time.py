@@ -23,10 +23,11 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # /proc/stat counts in clock ticks
 
 
 def cpu_ticks() -> tuple[int, int]:
-    """(busy, idle) clock ticks of the whole machine since boot; iowait counts as idle."""
+    """(busy, idle) clock ticks of the whole machine since boot; iowait counts as idle, and
+    steal (a hypervisor running others on these cores) as neither."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
-    return user + nice + system + irq + softirq + steal, idle + iowait
+    user, nice, system, idle, iowait, irq, softirq = fields[:7]
+    return user + nice + system + irq + softirq, idle + iowait
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     wall = time.monotonic() - start
     busy1, idle1 = cpu_ticks()
     busy = (busy1 - busy0) * TICK_S
-    floor = busy / cores
+    floor = max(busy / cores, TICK_S)  # at least one tick: a command too short to measure
     line = (f"`{' '.join(args.command)}`: exit {code}, wall {wall:.0f} s; machine busy "
             f"{busy:.0f} CPU-s on {cores} cores (idle {(idle1 - idle0) * TICK_S:.0f} CPU-s), "
             f"CPU-bound floor {floor:.0f} s, wall / floor {wall / floor:.2f}; "

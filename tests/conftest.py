@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # module imports torch); an OMP_NUM_THREADS of the caller's own is kept.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
-        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+        1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

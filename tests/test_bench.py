@@ -313,7 +313,9 @@ def test_suite_time_counts_the_cpu_of_detached_processes_and_keeps_the_exit_code
     line = out.read_text()
     assert line == proc.stdout and ": exit 3, wall " in line
     busy = float(line.split("machine busy ")[1].split()[0])
+    wall = float(line.split(", wall ")[1].split()[0])
     assert busy >= 1.4, line  # at least the daemon's 1.5 CPU-s (other work may add to it)
+    assert busy <= (wall + 1) * os.cpu_count(), line  # seconds, not clock ticks
 
 
 def test_stage_imports_times_the_stages_and_the_eager_reference():
@@ -326,3 +328,10 @@ def test_stage_imports_times_the_stages_and_the_eager_reference():
         ours, eager = (float(part.split(" CPU-s")[0].split()[-1])
                        for part in row.split(", with torch"))
         assert 0 < ours < eager, row
+
+
+def test_model_budget_refuses_to_measure_nothing():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "model_budget.py"),
+                           "--no-scratch", "--no-pretrained"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr, proc.stderr

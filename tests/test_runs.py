@@ -1,6 +1,7 @@
 """Only like is compared with like: runs with other learning params are left out, with why."""
 
 import os
+import time
 
 import pytest
 
@@ -372,41 +373,48 @@ FAKE_DVC = """#!/bin/sh
 # the count in ./tries reaches {fails}; then {{"ok": 1}}.
 n=$(cat tries 2>/dev/null || echo 0); echo $((n + 1)) > tries
 if [ "$n" -lt {fails} ]; then
-  echo "ERROR: unexpected error - [Errno 2] No such file or directory: '{message}'" >&2; exit 255
+  echo "ERROR: {error}" >&2; exit 255
 fi
 echo '[{{"ok": 1}}]'
 """
 
 
-def fake_dvc(tmp_path, monkeypatch, fails: int, message: str) -> None:
+MISSING = ("unexpected error - [Errno 2] No such file or directory: "
+           "'/r/.dvc/tmp/exps/run/abc/abc.run'")
+HALF_WRITTEN = "unable to read: '.dvc/tmp/exps/run/abc/abc.run', JSON file structure is corrupted"
+
+
+def fake_dvc(tmp_path, monkeypatch, fails: int, error: str) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (tmp_path / "tries").unlink(missing_ok=True)
-    (bin_dir / "dvc").write_text(FAKE_DVC.format(fails=fails, message=message))
+    (bin_dir / "dvc").write_text(FAKE_DVC.format(fails=fails, error=error))
     (bin_dir / "dvc").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
-def test_exp_show_waits_out_the_record_of_a_stopped_task_and_nothing_else(tmp_path,
-                                                                         monkeypatch):
+@pytest.mark.parametrize("error", [MISSING, HALF_WRITTEN])
+def test_exp_show_waits_out_an_unreadable_task_record(tmp_path, monkeypatch, error):
     from normbench import runs
 
-    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
-    fake_dvc(tmp_path, monkeypatch, fails=2, message="/r/.dvc/tmp/exps/run/abc/abc.run")
-    assert runs.exp_show(tmp_path) == [{"ok": 1}]
+    fake_dvc(tmp_path, monkeypatch, fails=2, error=error)
+    assert runs.exp_show(tmp_path, wait_s=10) == [{"ok": 1}]
     assert (tmp_path / "tries").read_text().strip() == "3"
 
-    # A record that never goes away: the error, after every try.
-    fake_dvc(tmp_path, monkeypatch, fails=99, message="/r/.dvc/tmp/exps/run/abc/abc.run")
+    # A record that never comes: the error, once the wait is over.
+    fake_dvc(tmp_path, monkeypatch, fails=99, error=error)
+    start = time.monotonic()
     with pytest.raises(ConfigError, match=r"`dvc exp show` failed in .*abc\.run"):
-        runs.exp_show(tmp_path, tries=4)
-    assert (tmp_path / "tries").read_text().strip() == "4"
+        runs.exp_show(tmp_path, wait_s=1.5)
+    assert 1.5 <= time.monotonic() - start < 10
+    assert int((tmp_path / "tries").read_text()) >= 2
 
 
 def test_exp_show_fails_at_once_on_any_other_error(tmp_path, monkeypatch):
     from normbench import runs
 
-    fake_dvc(tmp_path, monkeypatch, fails=5, message="/r/params.yaml")
+    fake_dvc(tmp_path, monkeypatch, fails=5,
+             error="unexpected error - [Errno 2] No such file or directory: '/r/params.yaml'")
     with pytest.raises(ConfigError, match="params.yaml"):
         runs.exp_show(tmp_path)
     assert (tmp_path / "tries").read_text().strip() == "1"

@@ -236,7 +236,7 @@ def test_the_watch_calls_a_task_lost_after_two_polls_and_restarts_a_workerless_q
 
 
 def test_an_experiment_that_ended_after_the_study_counted_is_not_queued_again(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, capsys):
     """A killed study's experiment runs on and ends between the rerun's count of what is done
     and its queueing: DVC has its ref then, and would refuse the same name a second time."""
     from normbench import dvcqueue
@@ -256,7 +256,8 @@ def test_an_experiment_that_ended_after_the_study_counted_is_not_queued_again(
     ended = dvcqueue.Task(done.name, "Success", "r1")
     monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {done.name: ended})
     monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
-    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: None)
+    started = []
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: started.append(jobs))
     monkeypatch.setattr(dvcqueue, "follow", lambda poll, poll_s: poll())
     monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [])
     monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
@@ -264,4 +265,23 @@ def test_an_experiment_that_ended_after_the_study_counted_is_not_queued_again(
     queued = []
     monkeypatch.setattr(dvcqueue, "run_dvc", lambda repo, *args: queued.append(args[args.index("--name") + 1]))
     assert dvcqueue.run_local(tmp_path, [done, new], jobs=1) == {done.name: "done"}
-    assert queued == [new.name]
+    assert queued == [new.name] and started == [1]
+    assert f"  {done.name}: done (it ended after" in capsys.readouterr().out
+    # Nothing left to run: no worker is started for nothing.
+    assert dvcqueue.run_local(tmp_path, [done], jobs=1) == {done.name: "done"}
+    assert queued == [new.name] and started == [1]
+
+
+def test_ctrl_c_takes_the_queued_experiments_off_before_it_kills_the_running_ones(
+        tmp_path, monkeypatch):
+    """Killed first, a running experiment frees its worker, which would start a queued one
+    before its removal (a task stopped while it starts leaves no record behind)."""
+    from normbench import dvcqueue
+
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {
+        "a": dvcqueue.Task("a", "Running", "r1"), "b": dvcqueue.Task("b", "Queued", "r2"),
+        "c": dvcqueue.Task("c", "Success", "r3")})
+    calls = []
+    monkeypatch.setattr(dvcqueue.subprocess, "run", lambda cmd, **kw: calls.append(cmd[2:]))
+    dvcqueue.stop_local(tmp_path, ["a", "b", "c"])
+    assert calls == [["remove", "b"], ["kill", "a"]]

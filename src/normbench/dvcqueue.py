@@ -106,13 +106,19 @@ def run_dvc(repo: Path, *args: str) -> None:
         raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container or `taskset` may allow fewer than the
+    machine has, which os.cpu_count() reports)."""
+    return len(os.sched_getaffinity(0))
+
+
 def start_queue(repo: Path, jobs: int) -> None:
     """`dvc queue start -j <jobs>`, each worker on its own share of the CPU cores.
 
     No pipes: the workers it starts would hold them open, and this call would wait for the
     workers to exit, which with several workers does not always happen.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # torch would take every core in each
+    threads = max(1, usable_cores() // jobs)  # torch would take every core in each
     limit = os.environ.get("OMP_NUM_THREADS", "")
     if limit.isdigit() and int(limit) > 0:  # a caller's own limit stands (the tests: their share)
         threads = min(threads, int(limit))
@@ -198,14 +204,24 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     names = [e.name for e in experiments]
     tasks = queue_tasks(repo)
     gone = forget(repo, names, tasks)  # a killed worker's tasks: queued again below
-    active = {n for n, t in tasks.items() if t.status in ("Queued", "Running") and n not in gone}
     # Read after the tasks: an experiment of an earlier, killed study that ended since this
-    # study counted what is done (DVC names it before its task ends) is not queued again, which
+    # study counted what is done (DVC writes its ref before its task ends) is not queued again, which
     # DVC would refuse ("conflicts with existing experiment").
     ended = experiment_names(repo)
+    # Read twice: DVC lists the running tasks, then the queued ones, so a task that a worker
+    # takes between the two is in neither list of one read.
+    active = {n for read in (tasks, queue_tasks(repo)) for n, t in read.items()
+              if t.status in ("Queued", "Running") and n not in gone}
+    ended = (ended - active) & set(names)
+    for name in sorted(ended):
+        print(f"  {name}: done (it ended after the study counted what was done)", flush=True)
+    names = [n for n in names if n not in ended]
     for exp in experiments:
-        if exp.name not in active and exp.name not in ended:
+        if exp.name in names and exp.name not in active:
             run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
+    done = dict.fromkeys(sorted(ended), "done")
+    if not names:
+        return done
     start_queue(repo, jobs)
     watch = Watch(repo, names, jobs)
     try:
@@ -218,7 +234,7 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     forgotten = forget(repo, [n for n in names if watch.is_lost(n)], established=True)
     stop_idle_workers(repo, ours=names)
     prune_logs(repo)
-    return watch.outcomes(forgotten)
+    return {**done, **watch.outcomes(forgotten)}
 
 
 def forget(repo: Path, names: list[str], tasks: dict[str, Task] | None = None,
@@ -360,10 +376,13 @@ def stop_local(repo: Path, names: list[str]) -> None:
     tasks = queue_tasks(repo)
     running = [n for n in names if tasks.get(n, Task(n, "", "")).status == "Running"]
     queued = [n for n in names if tasks.get(n, Task(n, "", "")).status == "Queued"]
-    if running:
-        subprocess.run(["dvc", "queue", "kill", *running], cwd=repo)
+    # Queued ones first: a worker freed by the kill would start one of them before its removal,
+    # and a task stopped while it starts leaves DVC's queue without its record (`dvc exp show`
+    # then fails until DVC lets the task go: runs.exp_show waits for that).
     if queued:
         subprocess.run(["dvc", "queue", "remove", *queued], cwd=repo)
+    if running:
+        subprocess.run(["dvc", "queue", "kill", *running], cwd=repo)
     print("study interrupted: finished cells are in DVC's run-cache; run the same command to "
           "resume (only what is missing is trained)", file=sys.stderr)
 
@@ -378,4 +397,4 @@ def default_jobs() -> int:
 
     if torch.cuda.is_available():
         return 2 * torch.cuda.device_count()
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, usable_cores() // 2)

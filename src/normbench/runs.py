@@ -114,30 +114,31 @@ def parse_exp_show(entries: list[dict]) -> list[Run]:
 
 
 # pragma: no mutate start (I/O: runs dvc; `make mutation` covers parsing and selection)
-EXP_SHOW_TRIES = 30  # seconds, at one try a second
+EXP_SHOW_WAIT_S = 30.0  # how long a queue task may lack a readable record before it is an error
 
 
-def exp_show(repo: Path, all_commits: bool = True, tries: int = EXP_SHOW_TRIES) -> list[dict]:
+def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT_S) -> list[dict]:
     """``dvc exp show --json`` of the repository (every commit, or HEAD only).
 
-    Retried, once a second, while it fails on a queue task's missing ``.run`` file: DVC removes
-    a stopped experiment's record (Ctrl-C, `dvc queue kill`) a moment before it stops calling the
-    experiment active, and `exp show` reads the records of the active ones (seen in
-    test_study_e2e, a study started right after another was stopped).
+    Tried again, once a second for up to ``wait_s``, while it fails on a queue task's ``.run``
+    record, missing or half-written: `exp show` reads the record of every active task, and DVC
+    calls a task active as soon as a worker takes it, before the record exists, and rewrites
+    the record in place (seen in test_study_e2e: a study started right after a Ctrl-C).
     """
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
-    for attempt in range(tries):
+    deadline = time.monotonic() + wait_s
+    while True:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
             return json.loads(proc.stdout)
-        if not _stopped_task_race(proc.stderr) or attempt == tries - 1:
-            break
+        if not _unreadable_task_record(proc.stderr) or time.monotonic() >= deadline:
+            raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
         time.sleep(1)
-    raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
 
 
-def _stopped_task_race(stderr: str) -> bool:
-    return "No such file or directory" in stderr and ".run'" in stderr
+def _unreadable_task_record(stderr: str) -> bool:
+    return ".run'" in stderr and ("No such file or directory" in stderr
+                                  or "JSON file structure is corrupted" in stderr)
 
 
 # pragma: no mutate end
