@@ -19,8 +19,8 @@ from normbench.sources import Source, load_cifar, load_svhn, load_tiny_imagenet
 
 def _upsample(gray: np.ndarray, size: int) -> np.ndarray:
     """N x h x w floats in [0, 1] -> N x size x size x 3 uint8 (bilinear, grey copied to RGB)."""
-    import torch  # here, not at the top: the stages that only check or build arrays start in a
-    import torch.nn.functional as F  # fraction of a second without torch (bench/stage_imports.py)
+    import torch  # here, not at the top: a stage that never upsamples (download@shapes) starts
+    import torch.nn.functional as F  # without torch, 3.5 CPU-s sooner (bench/stage_imports.py)
 
     x = torch.from_numpy(gray).float().unsqueeze(1)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

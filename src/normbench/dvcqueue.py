@@ -205,8 +205,8 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     tasks = queue_tasks(repo)
     gone = forget(repo, names, tasks)  # a killed worker's tasks: queued again below
     # Read after the tasks: an experiment of an earlier, killed study that ended since this
-    # study counted what is done (DVC writes its ref before its task ends) is not queued again, which
-    # DVC would refuse ("conflicts with existing experiment").
+    # study counted what is done (DVC writes its ref before its task ends) is not queued again,
+    # which DVC would refuse ("conflicts with existing experiment"), but reported done.
     ended = experiment_names(repo)
     # Read twice: DVC lists the running tasks, then the queued ones, so a task that a worker
     # takes between the two is in neither list of one read.
