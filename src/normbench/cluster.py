@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from normbench.registry import ConfigError
-from normbench.runstate import Experiment, Submitted, follow
+from normbench.runstate import Experiment, Submitted, follow, head_commit
 
 JOBS_DIR = Path(".dvc") / "tmp" / "slurm"  # in the study repository: job logs and clones
 
@@ -75,8 +75,7 @@ def _require_clean(repo: Path) -> str:
     if status.strip():
         raise ConfigError("Slurm jobs clone the repository's HEAD, and it has uncommitted "
                           f"changes:\n{status.rstrip()}\ncommit them (or stash them) first")
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return head_commit(repo)
 
 
 def _queue_states(job_ids: list[str]) -> dict[str, str]:

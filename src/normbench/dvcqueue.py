@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from normbench.registry import ConfigError
-from normbench.runstate import Experiment, follow
+from normbench.runstate import Experiment, follow, head_commit
 
 _STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
 _EPOCHS = re.compile(r"^\S+: norm=.* weights=.* epochs=(\d+)", re.M)  # norm may have spaces
@@ -92,8 +92,7 @@ def lost(task: Task, workers: list[int]) -> bool:
 def experiment_names(repo: Path) -> set[str]:
     """The names of HEAD's experiments, from their git refs (refs/exps/<sha[:2]>/<sha[2:]>/
     <name>, written when an experiment ends well)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = head_commit(repo)
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)",
                            f"refs/exps/{head[:2]}/{head[2:]}/"], cwd=repo, capture_output=True,
                           text=True, check=True).stdout.split()

@@ -3,6 +3,7 @@ was submitted.
 
 - :class:`Experiment`: one DVC experiment of a study (a setting with its seeds).
 - :func:`follow`: the executors' polling loop, which Ctrl-C leaves between polls.
+- :func:`head_commit`: the commit a study's experiments branch from (and Slurm jobs clone).
 - :func:`study_lock`: one study at a time per repository. A second one is told which study
   runs (its pid, start and command) instead of queueing or submitting the same experiments
   again. The lock is an ``flock``: the kernel drops it when its holder dies, even by SIGKILL,
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -32,6 +34,12 @@ from normbench.io import write_json
 from normbench.registry import ConfigError
 
 STATE_DIR = Path(".dvc") / "tmp" / "study"  # in the study repository
+
+
+def head_commit(repo: Path) -> str:
+    """The full SHA of the repository's HEAD."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 @dataclass(frozen=True)
