@@ -1,9 +1,13 @@
 """Only like is compared with like: runs with other learning params are left out, with why."""
 
 import os
+import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from conftest import git_user, sh
 
 from normbench.compare import held_fixed
 from normbench.registry import ConfigError
@@ -418,3 +422,39 @@ def test_exp_show_fails_at_once_on_any_other_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="params.yaml"):
         runs.exp_show(tmp_path)
     assert (tmp_path / "tries").read_text().strip() == "1"
+
+
+@pytest.mark.slow
+def test_a_task_whose_worker_died_before_its_record_gets_a_fix_that_works(tmp_path, monkeypatch):
+    """Real DVC: a queued experiment runs, then its worker's death before the task began is
+    staged (its result and `.run` record removed, as a SIGKILL then leaves them). `exp show`
+    fails on it for ever; the error names the task and the command, and that command clears it."""
+    from normbench import runs
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    sh(tmp_path, "git", "init", "-q")
+    git_user(tmp_path)
+    sh(tmp_path, "dvc", "init", "-q")
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: cp params.yaml out.txt\n    params: [x]\n    outs: [out.txt]\n")
+    sh(tmp_path, "git", "add", "-A")
+    sh(tmp_path, "git", "commit", "-qm", "init")
+    sh(tmp_path, "dvc", "exp", "run", "--queue", "-S", "x=2", "-n", "e1")
+    sh(tmp_path, "dvc", "queue", "start")
+    deadline = time.monotonic() + 120
+    while "Success" not in sh(tmp_path, "dvc", "queue", "status"):
+        assert time.monotonic() < deadline, sh(tmp_path, "dvc", "queue", "status")
+        time.sleep(1)
+    exps = tmp_path / ".dvc" / "tmp" / "exps"
+    died = [*(exps / "celery" / "result").glob("celery-task-meta-*"), *exps.glob("run/*/*.run")]
+    assert len(died) == 2
+    for path in died:
+        path.unlink()
+
+    with pytest.raises(ConfigError, match="no readable record for 1 s") as err:
+        runs.exp_show(tmp_path, wait_s=1)
+    fix = re.search(r"`(dvc queue kill ([0-9a-f]{7}))`", str(err.value))
+    assert died[1].parent.name.startswith(fix.group(2))
+    sh(tmp_path, *fix.group(1).split())
+    assert runs.exp_show(tmp_path, wait_s=0)[0]["rev"] == "workspace"

@@ -17,6 +17,7 @@ never silently merged.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -131,14 +132,27 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
             return json.loads(proc.stdout)
-        if not _unreadable_task_record(proc.stderr) or time.monotonic() >= deadline:
-            raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}")
+        unreadable = _unreadable_task_record(proc.stderr)
+        if not unreadable or time.monotonic() >= deadline:
+            hint = _orphaned_task_hint(proc.stderr, wait_s) if unreadable else ""
+            raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}{hint}")
         time.sleep(1)
 
 
 def _unreadable_task_record(stderr: str) -> bool:
     return ".run'" in stderr and ("No such file or directory" in stderr
                                   or "JSON file structure is corrupted" in stderr)
+
+
+def _orphaned_task_hint(stderr: str, wait_s: float) -> str:
+    """The fix for a task whose worker died before writing its record (SIGKILL, OOM): DVC calls
+    it active for ever, and only `dvc queue kill` lets it go: it stops the task's process if
+    one runs after all, and marks a task that no live worker runs failed."""
+    found = re.search(r"exps/run/([0-9a-f]{7,40})/", stderr)
+    rev = found.group(1)[:7] if found else "<task>"
+    return (f"\nqueue task {rev} has had no readable record for {wait_s:.0f} s: its worker was "
+            f"probably killed before the task began. `dvc queue kill {rev}` marks it failed; "
+            "then run the same command again.")
 
 
 # pragma: no mutate end
