@@ -145,14 +145,20 @@ def _unreadable_task_record(stderr: str) -> bool:
 
 
 def _orphaned_task_hint(stderr: str, wait_s: float) -> str:
-    """The fix for a task whose worker died before writing its record (SIGKILL, OOM): DVC calls
-    it active for ever, and only `dvc queue kill` lets it go: it stops the task's process if
-    one runs after all, and marks a task that no live worker runs failed."""
-    found = re.search(r"exps/run/([0-9a-f]{7,40})/", stderr)
-    rev = found.group(1)[:7] if found else "<task>"
-    return (f"\nqueue task {rev} has had no readable record for {wait_s:.0f} s: its worker was "
-            f"probably killed before the task began. `dvc queue kill {rev}` marks it failed; "
-            "then run the same command again.")
+    """The fix for a task whose worker died before or while writing its record (SIGKILL, OOM):
+    DVC calls it active for ever, and only `dvc queue kill` lets it go, by marking failed a task
+    that no live worker runs (it refuses, and stops nothing, while a live worker holds one). A
+    half-written record must go first: DVC reads a failed task's record too, and only a missing
+    one is skipped there."""
+    found = re.search(r"'([^']*exps/run/([0-9a-f]{7,40})/[^']*\.run)'", stderr)
+    record, rev = (found.group(1), found.group(2)[:7]) if found else ("<record>", "<task>")
+    kill = f"dvc queue kill {rev}"
+    if "JSON file structure is corrupted" in stderr:
+        return (f"\nqueue task {rev} has had a half-written record for {wait_s:.0f} s: its worker "
+                f"probably died while writing it. `rm {record} && {kill}` lets the task go; "
+                "then run the same command again.")
+    return (f"\nqueue task {rev} has had no record for {wait_s:.0f} s: its worker probably died "
+            f"before writing it. `{kill}` lets the task go; then run the same command again.")
 
 
 # pragma: no mutate end
