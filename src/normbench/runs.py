@@ -139,9 +139,12 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
         time.sleep(1)
 
 
+_MISSING = "No such file or directory"  # DVC's words for a task record that is not there...
+_HALF_WRITTEN = "JSON file structure is corrupted"  # ...and for one cut short
+
+
 def _unreadable_task_record(stderr: str) -> bool:
-    return ".run'" in stderr and ("No such file or directory" in stderr
-                                  or "JSON file structure is corrupted" in stderr)
+    return ".run'" in stderr and (_MISSING in stderr or _HALF_WRITTEN in stderr)
 
 
 def _orphaned_task_hint(stderr: str, wait_s: float) -> str:
@@ -153,7 +156,7 @@ def _orphaned_task_hint(stderr: str, wait_s: float) -> str:
     found = re.search(r"'([^']*exps/run/([0-9a-f]{7,40})/[^']*\.run)'", stderr)
     record, rev = (found.group(1), found.group(2)[:7]) if found else ("<record>", "<task>")
     kill = f"dvc queue kill {rev}"
-    if "JSON file structure is corrupted" in stderr:
+    if _HALF_WRITTEN in stderr:
         return (f"\nqueue task {rev} has had a half-written record for {wait_s:.0f} s: its worker "
                 f"probably died while writing it. `rm {record} && {kill}` lets the task go; "
                 "then run the same command again.")
