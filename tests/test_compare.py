@@ -43,6 +43,12 @@ SHOW = [
 NO_PAIRS = lambda m, d: lambda *a: pytest.fail("no McNemar expected")  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def fresh_power_estimates():
+    """Each test computes what its tests could detect (the figures are cached per process)."""
+    detectable_shift.cache_clear()
+
+
 def result_of(show=SHOW, reference=PARAMS):
     cells = select(parse_exp_show(show), reference).cells
     return cells, tables(cells, "dataset", NO_PAIRS)
@@ -214,9 +220,12 @@ def test_one_shared_seed_says_whether_the_models_differ_and_gives_no_verdict():
 def test_comparisons_without_a_possible_verdict_leave_the_holm_family():
     # Table 2's users ran one seed (McNemar: "minmax better (**)" on shapes, where 3 seeds said
     # n.s.) or three: neither may count in Holm's m, nor give a verdict.
-    mixed = [exp_entry("a", "a", "dataset", {**BASE, "resnet18-shapes-1": 0.5,
+    # A fourth comparison, on svhn, has a cell that did not learn: no test, and it does not
+    # count in the m of "seeds for a verdict" either.
+    flop = {f"resnet18-svhn-{s}": cell(0.1, learned=False) for s in SEEDS}
+    mixed = [exp_entry("a", "a", "dataset", {**BASE, "resnet18-shapes-1": 0.5, **flop,
                                               **{f"resnet18-digits-{s}": 0.8 for s in (1, 2, 3)}}),
-             exp_entry("b", "b", "minmax", {**MINMAX, "resnet18-shapes-1": 0.9,
+             exp_entry("b", "b", "minmax", {**MINMAX, "resnet18-shapes-1": 0.9, **flop,
                                              **{f"resnet18-digits-{s}": 0.9 for s in (1, 2, 3)}})]
     a = np.array([True] * 5 + [False] * 45)
     b = np.array([True] * 45 + [False] * 5)
@@ -229,8 +238,11 @@ def test_comparisons_without_a_possible_verdict_leave_the_holm_family():
         row = rows.loc[dataset]
         assert (row.test, row.verdict) == (test, "too few seeds") and pd.isna(row["p (Holm)"])
         assert pd.isna(row["detectable (points)"])
-        # A verdict on this page of 3 comparisons needs 2/2^n <= 0.05 / 3: 7 paired seeds.
+        # A verdict on this page of 3 comparisons that learned needs 2/2^n <= 0.05 / 3: 7
+        # paired seeds (counting svhn's, 0.05 / 4 would ask for 8).
         assert row["seeds for a verdict"] == 7
+    assert rows.loc["svhn", "verdict"] == "no test" and pd.isna(rows.loc["svhn",
+                                                                       "seeds for a verdict"])
     assert rows.loc["digits", "p"] == 0.25 and rows.loc["digits", "smallest p"] == 0.25
     # What the one test of the family could detect is stated at 0.05 / 1, not 0.05 / 3.
     d = MINMAX_V - np.array(BASE_V)
@@ -437,6 +449,8 @@ def test_every_kind_of_verdict_in_words():
     assert instance["seeds for a verdict"] == 8
     assert tests.loc[("shapes", "norm=none weights=scratch"), "seeds for a verdict"] == 5
     assert pd.isna(tests.loc[("shapes", "norm=minmax weights=scratch"), "detectable (points)"])
+    # No test, nothing to detect: 7 seeds, but a cell that did not learn.
+    assert pd.isna(tests.loc[("digits", "norm=imagenet weights=scratch"), "detectable (points)"])
     against = " against norm=dataset weights=scratch, resnet18: "
     imagenet = (np.mean([0.5, 0.1, *DYADIC["imagenet"][2:]]) - base.mean()) * 100
     lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
@@ -470,6 +484,8 @@ def test_every_kind_of_verdict_in_words():
         f" [red:{imagenet:+.2f}] (no test)")
     assert table2.loc[("resnet18", "norm=none weights=scratch"), "shapes"].endswith(
         " [red:-12.50] (too few seeds)")
+    assert table2.loc[("resnet18", "norm=instance weights=scratch"), "digits"].endswith(
+        " [red:+0.00] (n.s.)")  # a delta of exactly 0 is not coloured as a gain
 
 
 def test_marks_and_verdict_words_at_their_thresholds():
@@ -501,6 +517,18 @@ def test_an_adjusted_p_just_below_alpha_is_never_shown_as_alpha():
     assert _sentence(row).endswith("better (+1.50 points, exact sign-flip test, p=0.00312, "
                                    "Holm-adjusted 0.04996)")
     assert _format_tests(pd.DataFrame([row]))["p (Holm)"].tolist() == ["0.04996"]
+
+
+def test_a_page_too_large_for_any_seed_count_says_so():
+    from normbench.compare import _sentence
+
+    row = pd.Series({"setting": "norm=minmax weights=scratch", "model": "resnet18",
+                     "baseline": "norm=dataset weights=scratch", "test": "sign-flip",
+                     "delta (points)": -2.0, "p": 0.25, "smallest p": 0.25, "p (Holm)": None,
+                     "verdict": "too few seeds", "seeds for a verdict": np.nan})
+    assert _sentence(row).endswith("no verdict, too few seeds (-2.00 points; exact sign-flip "
+                                   "test, p=0.25, but it cannot go below 0.25 with these seeds; "
+                                   "a verdict on this page needs more than 64 seeds per setting)")
 
 
 def test_a_lone_comparison_states_what_it_detects_at_alpha_itself():
@@ -574,7 +602,7 @@ def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
                           "note": [None, "why"]})
     assert _format_tests(tests).to_dict("records") == [
         {"p": "-", "smallest p": "-", "p (Holm)": "-", "seeds for a verdict": "", "note": ""},
-        {"p": "-", "smallest p": "-", "p (Holm)": "-", "seeds for a verdict": 4.0,
+        {"p": "-", "smallest p": "-", "p (Holm)": "-", "seeds for a verdict": "4",
          "note": "why"}]
     assert _format_tests(pd.DataFrame()).empty
     fixed = Selection(pd.DataFrame(), [], pd.DataFrame(),

@@ -21,6 +21,14 @@ from normbench.significance import (ALPHA, EXACT_LIMIT, POWER, RANDOM_LABELINGS,
                                     permutation_p, seeds_for_verdict, smallest_p, spread)
 
 
+@pytest.fixture(autouse=True)
+def fresh_power_estimates():
+    """What a design can detect is cached per process: each test computes its own (a test run
+    after another must not read the other's figures, nor a mutated function's callers a cache
+    the unmutated one filled)."""
+    detectable_shift.cache_clear()
+
+
 # --- independent references -------------------------------------------------------------------
 
 def ref_p(reference: dict, other: dict) -> Fraction:
@@ -202,6 +210,13 @@ def test_relabeling_and_the_mixed_design_by_hand():
     assert (t.test, t.p, t.smallest_p) == ("relabeling", 1 / 3, 1 / 3)
 
 
+def test_a_test_joins_the_family_when_its_floor_reaches_alpha_exactly():
+    # 1 seed against 19 others: 20 deals, no mirror: the floor is 1/20 = 0.05 itself.
+    assert smallest_p(Design(0, 1, 19)) == 0.05
+    assert can_reject(compare_seeds({0: 0.9}, {s: 0.5 + s / 100 for s in range(1, 20)}))
+    assert not can_reject(compare_seeds({0: 0.9}, {s: 0.5 for s in range(1, 19)}))  # 1/19
+
+
 def test_identical_settings_give_p_one_and_say_so():
     values = {1: 0.5, 2: 0.625, 3: 0.75}
     t = compare_seeds(values, dict(reversed(list(values.items()))))
@@ -252,13 +267,23 @@ def test_labelings_keep_pairs_together_and_the_numbers_of_each_side():
     assert len({tuple(row) for row in labels}) == len(labels)  # each relabeling once
     assert (labels[:, 0] != labels[:, 1]).all() and (labels[:, 2] != labels[:, 3]).all()
     assert (labels[:, 4:].sum(axis=1) == 2).all()  # the free cells: two to the other side
+    assert labels.dtype == bool
     values, observed, got = arrange({1: 0.1, 2: 0.2, 9: 0.9}, {2: 0.3, 1: 0.4, 5: 0.5, 6: 0.6})
     assert got == design and values == [0.1, 0.4, 0.2, 0.3, 0.9, 0.5, 0.6]
     assert (observed == labels[0]).all()
 
 
+def test_at_the_exact_limit_every_relabeling_is_enumerated():
+    design = Design(16, 0, 0)  # 2^16 = EXACT_LIMIT sign flips: all of them, none drawn
+    assert design.labelings == EXACT_LIMIT and smallest_p(design) == 2 / 2 ** 16
+    labels = labelings(design)
+    assert len(labels) == EXACT_LIMIT and len(np.unique(labels[:, 1::2], axis=0)) == EXACT_LIMIT
+
+
 def test_seeds_for_a_verdict():
     assert seeds_for_verdict(0.05) == 6  # 2/2^5 = 0.0625 > 0.05 >= 2/2^6
+    assert seeds_for_verdict(2 / 2 ** 5) == 5  # a level the floor reaches exactly: enough
+    assert seeds_for_verdict(1.0) == 1
     assert seeds_for_verdict(0.05 / 8) == 9  # 2/2^8 = 0.0078 > 0.00625 >= 2/2^9 = 0.0039
     assert seeds_for_verdict(0.05, paired=False) == 4  # 2/C(6, 3) = 0.1 > 0.05 >= 2/70
     assert seeds_for_verdict(0.05 / 8, paired=False) == 6  # 2/252 > 0.00625 >= 2/924
@@ -354,6 +379,9 @@ def test_spread_of_paired_and_unpaired_cells():
     pooled = math.sqrt((((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / 3)
     assert spread(reference, {4: 0.55, 5: 0.7}) == pytest.approx(pooled, rel=1e-12)
     assert spread({1: 0.5}, {2: 0.6}) == 0.0
+    assert spread({1: 0.5}, {1: 0.6}) == 0.0  # one shared seed: no spread of differences
+    # Some seeds shared, some not: the pooled spread, the cells taken as independent.
+    assert spread(reference, {1: 0.55, 2: 0.7}) == pytest.approx(pooled, rel=1e-12)
     assert spread(acc({1: 340, 2: 300}), acc({1: 342, 2: 302})) == pytest.approx(0, abs=1e-15)
 
 

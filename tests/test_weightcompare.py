@@ -405,6 +405,18 @@ def test_the_permutation_test_holds_its_level_when_seeds_share_their_start():
         assert abs(rate - level) < 3.5 * np.sqrt(level * (1 - level) / 400), (level, rate)
 
 
+def test_weight_references_of_each_kind_of_setting():
+    from normbench.weightcompare import weight_references
+
+    assert weight_references("norm=minmax weights=scratch", "dataset") == [BASE]
+    assert weight_references(BASE, "dataset") == []
+    assert weight_references("norm=minmax weights=imagenet", "dataset") == [
+        "norm=dataset weights=imagenet", "norm=minmax weights=scratch"]
+    # The matched pairing has no scratch counterpart: its norm exists only for pretrained weights.
+    assert weight_references("norm=pretraining weights=pretrained pretrain=minmax", "dataset") == [
+        "norm=dataset weights=pretrained pretrain=minmax"]
+
+
 def test_labels_name_the_pretraining_norm_where_the_weights_differ():
     settings = ["norm=minmax weights=pretrained pretrain=instance",
                 "norm=dataset weights=pretrained pretrain=minmax"]

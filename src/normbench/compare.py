@@ -373,12 +373,16 @@ def group_left_out(left_out: list[str]) -> list[str]:
 
 
 def _format_tests(tests: pd.DataFrame) -> pd.DataFrame:
-    """The tests table with p shown to 3 significant digits (the verdicts used them unrounded)."""
+    """The tests table with p shown to 3 significant digits (the verdicts used them unrounded)
+    and seed counts as whole numbers."""
     if tests.empty:
         return tests
     shown = tests.copy()
     for col in ("p", "smallest p", "p (Holm)"):
         shown[col] = shown[col].map(fmt_p)
+    if "seeds for a verdict" in shown:
+        shown["seeds for a verdict"] = shown["seeds for a verdict"].map(
+            lambda n: "" if pd.isna(n) else str(int(n)))
     return shown.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else v)
 
 

@@ -151,9 +151,8 @@ def compare_seeds(reference: dict[int, float], other: dict[int, float]) -> Test:
     the design (pairs where seeds are shared), and the least p it could give."""
     _, _, design = arrange(reference, other)
     delta = float(np.mean(list(other.values())) - np.mean(list(reference.values())))
-    same = all(reference.get(s) == v for s, v in other.items()) and set(reference) == set(other)
     return Test(design.name, delta, permutation_p(reference, other), smallest_p(design),
-                "identical in every seed" if same else "")
+                "identical in every seed" if reference == other else "")
 
 
 def can_reject(t: Test, alpha: float = ALPHA) -> bool:
@@ -201,11 +200,11 @@ def fmt_p(p: float | None) -> str:
     thresholds of the marks): 0.04996 is shown as 0.04996, never as 0.05 beside "better"."""
     if p is None or p != p:
         return "-"
-    for digits in range(3, 18):
+    for digits in range(3, 17):
         text = f"{p:.{digits}g}"
         if all((float(text) < level) == (p < level) for level in (0.01, ALPHA)):
             return text
-    return repr(p)
+    return f"{p:.17g}"  # 17 significant digits give p back exactly
 
 
 # --- what a test could detect ----------------------------------------------------------------

@@ -195,9 +195,8 @@ def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference:
 
 def _describe(t: LayerTest, name: str, adjusted: float | None) -> str:
     drift = f"final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, exact {t.test.test} test"
-    if adjusted is None:
-        return (f"{name} ({t.test.note})" if t.test.p is None else
-                f"{name} (too few seeds: {drift}, p={fmt_p(t.test.p)}, cannot go below "
+    if adjusted is None:  # every drift test has a p: none here means it cannot reach ALPHA
+        return (f"{name} (too few seeds: {drift}, p={fmt_p(t.test.p)}, cannot go below "
                 f"{fmt_p(t.test.smallest_p)} with these seeds)")
     return f"{name} ({drift}, p={fmt_p(t.test.p)}, Holm-adjusted {fmt_p(adjusted)})"
 
