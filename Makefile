@@ -62,7 +62,7 @@ compare: setup
 	PYTHONPATH=src python -m normbench.compare
 
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
-#   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5 6"
+#   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5 6 7 8 9 10"
 #   BASELINE=dataset (the norm each other norm is compared with, under the same weights)
 #   WEIGHTS=pretrained PRETRAIN_NORMS="dataset minmax" NORMS="pretraining dataset minmax" (the
 #   mismatch study: the pipeline's own pretraining under each norm, fine-tuned under each norm)

@@ -595,8 +595,9 @@ def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
                                              "| x     | 0.10    | 1.5 |",
                                              "| y     | **1**   | nan |"]
     assert _format_tests(pd.DataFrame({"p": [0.0123456], "smallest p": [0.0078125],
-                                       "p (Holm)": [0.5]})).to_dict(
-        "records") == [{"p": "0.0123", "smallest p": "0.00781", "p (Holm)": "0.5"}]
+                                       "p (Holm)": [0.5], "detectable (points)": [3.44]})).to_dict(
+        "records") == [{"p": "0.0123", "smallest p": "0.00781", "p (Holm)": "0.5",
+                        "detectable (points)": 3.44}]
     tests = pd.DataFrame({"p": [None, None], "smallest p": [None, None],  # no row has a test
                           "p (Holm)": [None, None], "seeds for a verdict": [np.nan, 4.0],
                           "note": [None, "why"]})

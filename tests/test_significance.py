@@ -326,6 +326,10 @@ def test_p_is_symmetric_and_does_not_depend_on_the_scale_or_a_common_shift(case,
     bigger = compare_seeds(acc({s: c * scale for s, c in reference.items()}, n * scale),
                            acc({s: c * scale for s, c in other.items()}, n * scale))
     assert bigger.p == t.p
+    # Values of any size (weight drifts, not accuracies): ties are judged relative to them.
+    for factor in (1e-12, 1e6):
+        assert permutation_p({s: c * factor for s, c in reference.items()},
+                             {s: c * factor for s, c in other.items()}) == t.p
 
 
 @settings(max_examples=150, deadline=None)
@@ -380,6 +384,7 @@ def test_spread_of_paired_and_unpaired_cells():
     assert spread(reference, {4: 0.55, 5: 0.7}) == pytest.approx(pooled, rel=1e-12)
     assert spread({1: 0.5}, {2: 0.6}) == 0.0
     assert spread({1: 0.5}, {1: 0.6}) == 0.0  # one shared seed: no spread of differences
+    assert spread({1: 0.5, 2: 0.6}, {1: 0.6, 2: 0.8}) == pytest.approx(0.1 / 2, rel=1e-12)
     # Some seeds shared, some not: the pooled spread, the cells taken as independent.
     assert spread(reference, {1: 0.55, 2: 0.7}) == pytest.approx(pooled, rel=1e-12)
     assert spread(acc({1: 340, 2: 300}), acc({1: 342, 2: 302})) == pytest.approx(0, abs=1e-15)
@@ -419,6 +424,18 @@ def test_no_detectable_difference_below_the_floor_or_without_spread():
     assert detectable(six, {s: 0.6 for s in range(6)}, ALPHA) is None  # no spread to scale
     assert detectable(six, {s: 0.6 + 0.01 * s for s in range(6)}, ALPHA) > 0
     assert detectable(six, {s: 0.6 + 0.01 * s for s in range(6)}, ALPHA / 8) is None
+    spread_out = {s: 0.6 + 0.01 * s for s in range(6)}
+    assert detectable(six, spread_out, ALPHA, power=0.5) < detectable(six, spread_out, ALPHA)
+
+
+def test_a_level_the_test_reaches_exactly_and_one_below_the_default_draws():
+    # 6 paired seeds: the p values are multiples of 2/64, so at 0.05 the test rejects exactly
+    # where it rejects at 2/64 itself: the same detectable difference.
+    assert detectable_shift(Design(6, 0, 0), 2 / 64) == detectable_shift(Design(6, 0, 0), ALPHA)
+    # 13 paired seeds at 0.0003: the test reaches 2/2^13 = 0.00024, and so must the simulation,
+    # which would stop at 1/2048 with its default number of relabelings (and never end).
+    assert smallest_p(Design(13, 0, 0)) <= 0.0003
+    assert 0 < detectable_shift(Design(13, 0, 0), 0.0003) < 10
 
 
 def test_a_lower_level_or_a_higher_power_needs_a_larger_difference():

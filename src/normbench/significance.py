@@ -31,6 +31,7 @@ distribution. Its price is a floor: with 3 paired seeds p cannot go below 2/8 = 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from math import comb
@@ -48,6 +49,7 @@ RANDOM_LABELINGS = 9_999  # seeded random relabelings beyond that, besides the o
 TIE = 1e-9
 POWER_DRAWS = 2_000  # simulated studies per power estimate (seeded): power +- 0.01
 POWER_LABELINGS = 2 ** 11  # relabelings per simulated study: exact up to this many, else drawn
+POWER_CHUNK = 2 ** 22  # simulated statistics held at once (32 MiB of float64)
 MAX_SEEDS = 64  # seeds beyond which seeds_for_verdict gives up
 
 
@@ -225,11 +227,20 @@ def spread(reference: dict[int, float], other: dict[int, float]) -> float:
 def simulated_power(design: Design, level: float) -> Callable[[float], float]:
     """Power of the test at ``level`` as a function of the true difference in cell sds, cells
     normal: the share of POWER_DRAWS seeded simulated studies whose p is at most ``level``
-    (the same draws at every difference, so the estimate rises with it, step by step)."""
-    labels = labelings(design, POWER_LABELINGS, POWER_LABELINGS - 1)
+    (the same draws at every difference, so the estimate rises with it, step by step).
+
+    Each simulated p comes from at least 20 / ``level`` relabelings (all of them, if fewer), so
+    that it can reach the level wherever the test itself can."""
+    enough = max(POWER_LABELINGS, math.ceil(20 / level))
+    labels = labelings(design, enough, enough - 1)
     noise = np.random.default_rng(0).normal(size=(POWER_DRAWS, labels.shape[1]))
-    return lambda shift: float(np.mean(permutation_ps(noise + shift * labels[0], labels)
-                                       <= level * (1 + 1e-12)))
+    chunks = math.ceil(POWER_DRAWS * len(labels) / POWER_CHUNK)
+
+    def power(shift: float) -> float:
+        ps = [permutation_ps(part + shift * labels[0], labels)
+              for part in np.array_split(noise, chunks)]
+        return float(np.mean(np.concatenate(ps) <= level * (1 + 1e-12)))
+    return power
 
 
 @lru_cache(maxsize=256)
