@@ -51,7 +51,8 @@ from normbench.study import apply_sets, plan  # noqa: E402
 from normbench.timing import TIMINGS_ENV  # noqa: E402
 
 CELL_METRICS = ("best_acc", "epochs")  # from `dvc exp show`
-CELL_TIMING = ("train_seconds", "images_per_s", "peak_gpu_mib")  # from the cell's timing file
+# From the cell's timing file; compile_cache: whether it compiled (cold) or loaded (warm).
+CELL_TIMING = ("train_seconds", "images_per_s", "peak_gpu_mib", "compile_cache")
 
 
 def sh(cwd: Path, *cmd: str) -> str:

@@ -53,6 +53,7 @@ from normbench.arrays import Arrays, Split  # noqa: E402
 from normbench import compile_cache  # noqa: E402
 from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
                                resolve_device)
+from normbench.io import StageFailed  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Normalizer  # noqa: E402
 from normbench.train import (Runner, batches_per_epoch, epoch_runner,  # noqa: E402
@@ -73,6 +74,7 @@ class Rate:
     windows: dict = field(default_factory=dict)  # {"train": [img/s per window], "eval": [...]}
     cache: dict = field(default_factory=dict)  # the compile cache: cold or warm, torch's hits
     capped: bool = False  # the warm-up ran past --warmup-cap and the loop stopped there
+    error: str | None = None  # why the loop failed (the next one runs)
 
 
 class WarmupCapped(BaseException):
@@ -226,7 +228,7 @@ def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
     train = require(load_params(ROOT / "params.yaml"), "train")
     cfg = TrainConfig.from_params({**train, "batch_size": args.batch})
     runner = Runner(model, speed, device,
-                    compile_cache.for_cell(model, data, cfg, speed, device))
+                    compile_cache.for_cell(model, data, cfg, speed, device, label=model_name))
 
     train_split, test_split = to_device(data, device)
     bounds = batches_per_epoch(len(train_split.labels), args.batch)
@@ -281,7 +283,7 @@ def write_summary(jsonl: Path) -> str:
         ratio = (f"{r['train_img_s'] / ref['train_img_s']:.2f}x"
                  if ref and r["loop"] != "reference" and r.get("train_img_s") else "-")
         warm = (f"> {r['warmup_s']:.0f} (capped: not measured)" if r.get("warmup_capped")
-                else f"{r['warmup_s']:.1f}")
+                else f"failed: {r['error']}" if r.get("error") else f"{r['warmup_s']:.1f}")
         cache = r.get("cache") or "-"
         if r.get("cache"):
             hits = r.get("fxgraph_hits", 0) + r.get("aot_autograd_hits", 0)
@@ -344,10 +346,15 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             if loop != "reference":
                 torch._dynamo.reset()  # each model compiles afresh, within the recompile limit
-            if loop == "reference":
-                rate = reference_rate(model, data, args, device)
-            else:
-                rate = project_rate(model, data, speeds[loop], args, device)
+            try:
+                if loop == "reference":
+                    rate = reference_rate(model, data, args, device)
+                else:
+                    rate = project_rate(model, data, speeds[loop], args, device)
+            except (StageFailed, RuntimeError) as e:  # e.g. a failed capture: the next loop runs
+                cause = " ".join(str(e).split())[:300]
+                print(f"  {model:12s} {loop:9s} FAILED: {type(e).__name__}: {cause}", flush=True)
+                rate = Rate(None, None, 0.0, error=f"{type(e).__name__}: {cause}")
             used = speeds.get(loop, speeds["plain"])
             row = {"device": name, "model": model, "size": args.size, "loop": loop,
                    "train_img_s": rate.train, "eval_img_s": rate.eval, "warmup_s": rate.warmup_s,
@@ -358,9 +365,12 @@ def main() -> None:
                    if device.type == "cuda" else None,
                    "cache": rate.cache.get("compile_cache"),
                    **{k: v for k, v in rate.cache.items() if k != "compile_cache"},
-                   "windows": rate.windows, **provenance("train_speed.py")}
+                   "windows": rate.windows, "error": rate.error,
+                   **provenance("train_speed.py")}
             append_row(jsonl, row)
             rates[loop] = rate
+            if rate.error:
+                continue
             if rate.capped:
                 print(f"  {model:12s} {loop:9s} warm-up past its cap ({rate.warmup_s:.0f} s > "
                       f"{args.warmup_cap:.0f} s): not measured", flush=True)

@@ -203,22 +203,60 @@ def test_gpu_session_lists_its_steps_and_refuses_unknown_ones(tmp_path):
             assert (ROOT / s.argv[1]).is_file(), s.argv[1]
 
 
-def test_gpu_session_puts_the_headline_first_and_limits_the_queues_compile_threads():
+def test_gpu_session_fits_both_headline_models_and_the_cuda_tests_in_one_call():
+    """The first call (budget 540 s) gives resnet18 and densenet121 at 32 px for the seed-style,
+    captured and fast loops, each step capped and each fast warm-up capped below its step's
+    cap, then starts `pytest -m gpu` whatever the warm-ups took."""
     session = gpu_session()
-    by_name = {s.name: s for s in session.steps()}
-    for model in ("resnet18", "densenet121"):  # the headline: fast vs seed-style only
-        argv = by_name[f"speed-32-{model}"].argv
-        assert argv[argv.index("--loops") + 1:] == ("reference", "fast")
+    todo = session.steps()
+    assert [s.name for s in todo[:4]] == ["env", "speed-32-resnet18", "speed-32-densenet121",
+                                          "gpu-tests"]
+    for step in todo[1:3]:
+        argv = step.argv
+        loops = argv[argv.index("--loops") + 1:argv.index("--warmup-cap")]
+        assert loops == ("reference", "fast", "captured")
+        model = argv[argv.index("--models") + 1]
+        cap = float(argv[argv.index("--warmup-cap") + 1])
+        assert cap == session.WARMUP_CAP_S[model] and cap + 60 < step.cap_s
+    assert sum(s.cap_s for s in todo[:3]) + 60 <= 540  # min_step_s left for the CUDA tests
+    by_name = {s.name: s for s in todo}
     assert by_name["env"].needs == by_name["grid-cost"].needs == ()  # no GPU needed
-    dvc_steps = [s for s in by_name.values() if "queue_speed.py" in " ".join(s.argv)]
+    dvc_steps = [s for s in todo if "queue_speed.py" in " ".join(s.argv)]
     assert {s.name.split("-")[0] for s in dvc_steps} == {"cell", "queue"}
-    for s in by_name.values():
+    for s in todo:
         assert s.needs == (("cuda", "git", "dvc") if s in dvc_steps else
                            () if s.name in ("env", "grid-cost") else ("cuda",)), s.name
-    for s in dvc_steps:
-        jobs = int(s.argv[s.argv.index("--jobs") + 1])
-        assert dict(s.env) == {"TORCHINDUCTOR_COMPILE_THREADS": str(max(1, session.cores() //
-                                                                            jobs))}
+        assert ("--mps" in s.argv) == s.name.endswith("-mps"), s.name
+    # -j 1, 2, 4, 8 of resnet18 cells, each with and without MPS (cell-resnet18: -j 1 without).
+    assert {(s.argv[s.argv.index("--jobs") + 1], "--mps" in s.argv) for s in dvc_steps
+            if "resnet18" in s.argv} == {(str(n), mps) for n in (1, 2, 4, 8)
+                                         for mps in (False, True)}
+
+
+def test_a_carried_compile_cache_is_packed_per_model_as_it_fits_and_taken_in_again(
+        tmp_path, monkeypatch):
+    session = gpu_session()
+    cache, out, again = tmp_path / "cache", tmp_path / "out", tmp_path / "again"
+    cache.mkdir()
+    out.mkdir()
+    (out / "results.tar.gz").write_bytes(b"r" * 1000)
+    sizes = {"resnet18": 1, "densenet121": 3, "densenet161": 2}  # MiB of incompressible bytes
+    for i, (label, mib) in enumerate(sizes.items()):
+        name = f"x{i}"
+        (cache / f"{name}.bin").write_bytes(os.urandom(mib * 2**20))
+        (cache / f"{name}.json").write_text(json.dumps({"model": f"net:{i}", "label": label}))
+    monkeypatch.setattr(session, "OUT_FILE_LIMIT_MIB", 2.5)  # densenet121's 3 MiB: too big
+    lines = session.publish_cache(out, cache)
+    assert [line.split(":")[0] for line in lines] == ["- resnet18", "- densenet121",
+                                                      "- densenet161"]  # seed models' order
+    assert "NOT kept" in lines[1] and "kept, compile-cache-densenet161.tar.gz" in lines[2]
+    assert sorted(p.name for p in out.glob("compile-cache-*")) == [
+        "compile-cache-densenet161.tar.gz", "compile-cache-resnet18.tar.gz"]
+    taken = session.take_cache_in(out, again)
+    assert sorted(taken) == ["compile-cache-densenet161.tar.gz", "compile-cache-resnet18.tar.gz"]
+    assert sorted(p.name for p in again.iterdir()) == ["x0.bin", "x0.json", "x2.bin", "x2.json"]
+    assert (again / "x2.bin").read_bytes() == (cache / "x2.bin").read_bytes()
+    assert session.take_cache_in(tmp_path / "absent", again) == []
 
 
 def test_gpu_session_copies_the_results_out_after_every_step(tmp_path):

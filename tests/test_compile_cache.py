@@ -129,3 +129,13 @@ def test_keys_differ_by_model_shape_and_settings():
         ("device", "NVIDIA H100")]}
     assert len(names | {CacheKey(**base).name()}) == 10
     assert CacheKey(**base).name().startswith("resnet-10c-32x32-b256-e1024-bf16-reduce-overhead-")
+
+
+def test_an_unreadable_cache_file_means_a_cold_start_that_overwrites_it(tmp_path, capsys):
+    key = CacheKey("net:0", 2, (3, 8, 8), 4, 4, "none", "default", "x", "cpu")
+    cache = CompileCache(key, tmp_path)
+    cache.path.write_bytes(b"not torch's artifacts")
+    cache.start()
+    assert cache.state == "cold" and cache._lock is not None  # it compiles, then saves
+    assert "could not be loaded" in capsys.readouterr().out
+    cache.abandon()

@@ -6,8 +6,6 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from normbench import gpushare
 from normbench.compile_cache import CACHE_ENV
 from normbench.gpushare import COMPILE_THREADS_ENV, Sharing, choose, sharing

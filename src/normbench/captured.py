@@ -21,7 +21,9 @@ the uncaptured one gives, since a replay launches the same kernels on the same i
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +79,10 @@ class CapturedSteps:
         self.positions = torch.arange(self.full, device=device)  # 0 .. full - 1
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_full_steps = 0
-        self.last_inputs: torch.Tensor | None = None  # the last step's model input (for tests)
+        # The last step's model input, and a hook called after every step: what a test
+        # compares between a captured and an uncaptured run (inside the graph, x is static).
+        self.last_inputs: torch.Tensor | None = None
+        self.on_step: Callable[[CapturedSteps], None] | None = None
 
     def step(self, n: int) -> None:
         """One optimizer step on the next ``n`` images of this epoch's order, from device state
@@ -121,6 +126,8 @@ class CapturedSteps:
                 self.eager_full_steps += 1
             else:
                 self._capture()
+            if self.on_step is not None:
+                self.on_step(self)
         lr = lr_at(self.step_count, self.cfg.lr, self.total_steps, self.cfg.scheduler).item()
         return self.loss_sum.clone(), self.correct.clone(), lr
 
@@ -154,7 +161,8 @@ class CapturedSteps:
             with torch.cuda.graph(graph):
                 self.step(self.full)
         except RuntimeError as e:  # an op that synchronizes, or one the graph cannot hold
-            torch.cuda.synchronize()
+            with contextlib.suppress(RuntimeError):  # the failed capture's own error, again
+                torch.cuda.synchronize()
             self.runner.give_up(e, CAPTURE)
             self.capture = False
             self._eager(self.full)

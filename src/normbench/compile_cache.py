@@ -78,8 +78,8 @@ class CacheKey:
 def architecture(model: nn.Module) -> str:
     """``resnet:3f2a9c01``: the model's class and a hash of its parameters' names and shapes
     (resnet18 and resnet50 differ; so do two head sizes)."""
-    shapes = [f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items()]
-    return f"{type(model).__name__.lower()}:{hashlib.sha1(' '.join(shapes).encode()).hexdigest()[:8]}"
+    shapes = " ".join(f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items())
+    return f"{type(model).__name__.lower()}:{hashlib.sha1(shapes.encode()).hexdigest()[:8]}"
 
 
 def cell_key(model: nn.Module, classes: int, image: tuple[int, int, int], batch: int,
@@ -112,16 +112,17 @@ def _forget_recorded_artifacts() -> None:
 
 
 def for_cell(model: nn.Module, arrays: Arrays, cfg: TrainConfig, speed: SpeedConfig,
-             device: torch.device) -> CompileCache | None:
+             device: torch.device, label: str | None = None) -> CompileCache | None:
     """The cache of a cell that compiles its model (None for eager and captured cells): its
-    graphs are train at ``batch_size`` and eval at ``eval_batch_size``, each at most a split."""
+    graphs are train at ``batch_size`` and eval at ``eval_batch_size``, each at most a split.
+    ``label`` (a model's registry name) goes into the file's record, for people."""
     if speed.compile in ("none", "captured"):
         return None
     height, width, channels = arrays.train.images.shape[1:]
     key = cell_key(model, len(arrays.classes), (channels, height, width),
                    min(cfg.batch_size, len(arrays.train.labels)),
                    min(cfg.eval_batch_size, len(arrays.test.labels)), speed, device)
-    return CompileCache(key)
+    return CompileCache(key, label=label)
 
 
 _HELD: dict[Path, IO] = {}  # this process's locks: a cell that died in it leaves its lock here
@@ -131,8 +132,9 @@ class CompileCache:
     """One cell's use of the cache: ``start()`` before its first compile, ``finish()`` once
     its graphs are built (after the first training epoch)."""
 
-    def __init__(self, key: CacheKey, folder: Path | None = None) -> None:
-        self.key = key
+    def __init__(self, key: CacheKey, folder: Path | None = None,
+                 label: str | None = None) -> None:
+        self.key, self.label = key, label
         self.folder = cache_folder() if folder is None else folder
         self.path = self.folder / f"{key.name()}.bin"
         self.state: str | None = None  # "warm" (loaded a file) or "cold", once started
@@ -165,13 +167,15 @@ class CompileCache:
                 artifacts, info = saved
                 with atomic_path(self.path) as tmp:
                     tmp.write_bytes(artifacts)
+                kinds = getattr(info, "artifacts", {})  # {kind: [key, ...]}
                 with atomic_path(self.path.with_suffix(".json")) as tmp:
                     tmp.write_text(json.dumps({
-                        **asdict(self.key), "bytes": len(artifacts),
+                        **asdict(self.key), "label": self.label, "bytes": len(artifacts),
                         "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
-                        "artifacts": {kind: len(getattr(info, f"{kind}_artifacts"))
-                                      for kind in ("inductor", "autotune", "aot_autograd",
-                                                   "pgo")}}, indent=1) + "\n")
+                        "artifacts": {kind: len(keys) for kind, keys in kinds.items()}},
+                        indent=1) + "\n")
+        except (OSError, RuntimeError) as e:  # the cell's results do not depend on it
+            print(f"warning: the compile cache {self.path} was not saved: {e}", flush=True)
         finally:
             self._release()
 
@@ -190,9 +194,15 @@ class CompileCache:
             return False
         import torch
 
-        info = torch.compiler.load_cache_artifacts(self.path.read_bytes())
+        try:
+            info = torch.compiler.load_cache_artifacts(self.path.read_bytes())
+        except (OSError, RuntimeError) as e:
+            info, why = None, str(e)
+        else:
+            why = "torch could not read it"
         if info is None:  # unreadable (another torch wrote it): compile, and overwrite it
-            print(f"warning: {self.path} could not be loaded; compiling anew", flush=True)
+            print(f"warning: {self.path} could not be loaded ({why}); compiling anew",
+                  flush=True)
             return False
         return True
 

@@ -114,16 +114,14 @@ class Runner:
         cause = " ".join(str(error).strip().split("\n\n")[0].split())[:400]
         what = what or f"torch.compile (mode {self.speed.compile})"
         reason = f"{what} failed: {type(error).__name__}: {cause}"
+        if self.cache is not None:  # nothing to save: cells waiting for this one go on
+            self.cache.abandon()
         if not self.speed.compile_fallback:
-            if self.cache is not None:  # nothing to save: cells waiting for this one go on
-                self.cache.abandon()
             raise CompileFailed(f"{reason}. Set speed.compile: none to train eagerly, or "
                                 "speed.compile_fallback: true to fall back automatically"
                                 ) from error
         print(f"warning: {reason}; training eagerly (speed.compile_fallback: true)", flush=True)
         self.compiled, self.fallback_reason = None, reason
-        if self.cache is not None:  # nothing to save: cells waiting for this one go on
-            self.cache.abandon()
 
     def after_epoch(self) -> None:
         """A training epoch ended: both graphs exist, so the first one saves them."""
@@ -383,7 +381,8 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
 
     ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists;
     ``recorder`` takes a weight snapshot at epoch 0 and after every epoch; ``speed`` (resolved,
-    no ``auto``) sets bf16 autocast and torch.compile, the plain fp32 eager path by default.
+    no ``auto``) sets bf16 autocast and torch.compile (or the captured step), the plain fp32
+    eager path by default.
     """
     model = model.to(device)
     runner = Runner(model, speed, device, compile_cache.for_cell(model, arrays, cfg, speed, device))
