@@ -115,6 +115,9 @@ def prediction_loader(repo: Path, cells: pd.DataFrame, missing: MissingOutputs):
             label = revision_label(cells, rev)
             missing.add(label, path)
             raise OutputsMissing(f"{path} of {label}, not in the local DVC cache") from e
+        except Exception as e:  # a damaged file (np.load's kinds): the cause in the message
+            raise ConfigError(f"cannot read {path} at revision {rev[:7]} for McNemar's test "
+                              f"({type(e).__name__}: {e})") from e
 
     def pair(model: str, dataset: str):
         def get(rev_a: str, rev_b: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -554,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"compare -> {args.out}/index.html and {args.out}/README.md "
           f"({len(selection.left_out)} run/dataset pair(s) left out, "
           f"{len(selection.conflicts)} conflicting cell(s))")
+    for line in group_left_out(selection.left_out):  # by name: a run on another kind of machine
+        print(f"left out: {line}")
     for line in missing.lines():
         print(f"not in the local DVC cache: {line}")
     if missing.paths:

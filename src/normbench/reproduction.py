@@ -93,8 +93,8 @@ def verdict(committed_lock: dict, lock: dict, committed_metrics: dict, metrics: 
     if changed_inputs:
         return (f"Not a reproduction test: {len(changed_inputs)} stage(s) ran with other code, "
                 f"data or params than HEAD's dvc.lock records ({', '.join(changed_inputs[:5])}"
-                f"{', ...' if len(changed_inputs) > 5 else ''}); commit or stash the changes "
-                "and run `make repro` again to check this machine.")
+                f"{', ...' if len(changed_inputs) > 5 else ''}): the workspace has changes "
+                "(commit or stash them, then `make repro` again), or HEAD's dvc.lock is stale.")
     ours, theirs = outputs(lock), outputs(committed_lock)
     differ = sorted(p for p in theirs if ours.get(p) != theirs[p])
     if not differ:

@@ -412,15 +412,15 @@ class MissingOutputs:
     comparison goes on without them.
     """
 
-    paths: dict[str, set[str]] = field(default_factory=dict)  # revision label -> paths
-
-    def add(self, rev: str, path: str) -> None:
-        self.paths.setdefault(rev, set()).add(path)
-
     FIX = ("Bring them with `dvc pull` (a commit) or `dvc exp pull <remote> <experiment>` from a "
            "DVC remote that has them, or train them again here with `dvc repro` at that revision "
            "(`dvc exp apply <experiment>` first for an experiment): the same files only where "
            "this machine reproduces that revision's results (`make repro` says whether it does).")
+
+    paths: dict[str, set[str]] = field(default_factory=dict)  # revision label -> paths
+
+    def add(self, rev: str, path: str) -> None:
+        self.paths.setdefault(rev, set()).add(path)
 
     def lines(self) -> list[str]:
         """One line per revision: "<run> (<rev>): <path>, <path>"."""
