@@ -437,3 +437,22 @@ def test_model_budget_refuses_to_measure_nothing():
                            "--no-scratch", "--no-pretrained"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr, proc.stderr
+
+
+def test_machine_pin_times_the_pins_against_torchs_defaults_and_their_hashes_agree(tmp_path):
+    out = tmp_path / "pin.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--images",
+                           "16", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    timed = [line.split(" | ") for line in text.splitlines() if line.startswith("| 1 | ")]
+    assert [row[1] for row in timed] == ["reference", "pinned", "AVX2 only",
+                                         "MKL_CBWR=COMPATIBLE only"]
+    assert timed[0][3] == "1.00x |" and all(float(row[2].split()[0]) > 0 for row in timed)
+    hashes = [line.rsplit("`", 2)[1] for line in text.splitlines() if line.startswith("| pinned |")]
+    assert len(hashes) >= 4 and len(set(hashes)) == 1, text
+    assert "Pinned runs: 1 distinct hash(es) (identical)." in text
+    threads = [line.split(" | ") for line in text.splitlines()
+               if line.startswith("| intra-op threads |")]
+    assert [row[1] for row in threads] == [f"`torch.set_num_threads({n})`" for n in (1, 2, 3, 4)]

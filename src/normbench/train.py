@@ -24,6 +24,7 @@ from normbench.arrays import Arrays
 from normbench import compile_cache
 from normbench.compile_cache import CompileCache
 from normbench.io import StageFailed
+from normbench.machine import ran_on
 from normbench.normalizations import ChannelStats, Norm, Normalizer
 from normbench.significance import ALPHA, above_chance
 from normbench.weightdist import WeightRecorder
@@ -291,6 +292,7 @@ class CellResult:
     chance_acc: float  # accuracy of always answering the most common test class
     above_chance_p: float  # one-sided binomial test of the final accuracy against chance_acc
     execution: str  # device kind, precision, compile mode as resolved (``execution``)
+    ran_on: str  # versions and the kind of machine (normbench.machine.ran_on)
     train_seconds: float  # wall time of all epochs, evaluation and compilation included
     images_per_s: float  # training throughput, evaluation excluded
     speed: dict = field(default_factory=dict)  # what the cell ran with (Runner.used)
@@ -324,6 +326,7 @@ class CellResult:
             "above_chance_p": self.above_chance_p,
             "learned": self.learned,
             "execution": self.execution,
+            "ran_on": self.ran_on,
             # How far the watched layers moved by the end (relative L2), when they were recorded.
             **{k: v for k, v in last.items() if k.startswith("drift_")},
         }
@@ -435,6 +438,7 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
         chance_acc=chance,
         above_chance_p=above_chance(correct, len(test.labels), chance),
         execution=execution(device, runner.used()),
+        ran_on=ran_on(device),
         train_seconds=time.perf_counter() - start,
         images_per_s=seen / max(step_seconds, 1e-9),
         speed=runner.used(),
