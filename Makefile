@@ -22,8 +22,11 @@ $(PLOTS_PAGE): $(STAMP) src/normbench/plots_page.py
 
 setup: $(STAMP) $(PLOTS_PAGE)
 
+# Ends by saying whether this machine reproduced the committed dvc.lock, and if not, what to
+# compare against instead (normbench.reproduction).
 repro: setup
 	dvc repro
+	PYTHONPATH=src python -m normbench.reproduction
 
 # Debian packages the tests drive for real: a headless browser (the HTML pages) and a one-node
 # Slurm (the cluster launcher). Installed when missing and apt-get can be used (root); otherwise

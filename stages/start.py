@@ -9,9 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.machine import pin_cpu  # noqa: E402
+
+pin_cpu()  # before torch starts: pretraining trains too (normbench.machine)
+
+import torch  # noqa: E402
 
 from normbench.config import SpeedConfig, load_params, require, resolve_device  # noqa: E402
 from normbench.io import atomic_path, run_main  # noqa: E402

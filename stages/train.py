@@ -5,12 +5,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchvision
-from dvclive import Live
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.machine import details, pin_cpu  # noqa: E402
+
+pin_cpu()  # before torch starts: threads, vector width, MKL branch (normbench.machine)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from dvclive import Live  # noqa: E402
 
 from normbench.arrays import load_arrays  # noqa: E402
 from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
@@ -106,7 +110,8 @@ def main() -> None:
         }, tmp)
     write_json(args.metrics, metrics)  # metrics exist only for a finished cell
     timing = result.timing()
-    write_timing(cell, timing)  # not an output: it differs on every run (normbench.timing)
+    # not an output: it differs on every run (normbench.timing), as the machine's model may
+    write_timing(cell, {**timing, "machine": details(device)})
     learned = "" if result.learned else (f" (NOT above chance {metrics['chance_acc']:.3f}: "
                                          "no verdict will rest on this cell)")
     print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, best_acc "

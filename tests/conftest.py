@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
         1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# A cell that compiles saves its graphs in the compile cache (normbench.compile_cache): the tests'
+# go to a folder of this run, not the checkout's .compile-cache/. A caller's own folder is kept
+# (bench/gpu_session.py shares its cache with `pytest -m gpu`).
+os.environ.setdefault("NORMBENCH_COMPILE_CACHE", tempfile.mkdtemp(prefix="normbench-compile-"))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -3,8 +3,10 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from normbench.compare import WeightSection, compare_pair, tables, verdicts, write
-from normbench.runs import parse_exp_show, select
+from conftest import section
+
+from normbench.compare import OutputsMissing, WeightSection, compare_pair, tables, verdicts, write
+from normbench.runs import MissingOutputs, parse_exp_show, select
 from normbench.significance import Design, detectable_shift, fmt_p
 
 PARAMS = {"weights": "scratch", "train": {"epochs": 8}}
@@ -257,6 +259,28 @@ def test_comparisons_without_a_possible_verdict_leave_the_holm_family():
             "setting)") in text
     assert "no verdict, too few seeds (+40.00 points; one seed each (seed 1): the two trained " \
         "models differ (McNemar's exact test over the 50 test images" in text
+
+
+def test_a_pair_whose_predictions_are_not_in_the_cache_gets_no_test_and_the_page_says_why(
+        tmp_path):
+    frame = lambda rev, acc: pd.DataFrame(  # noqa: E731
+        {"rev": [rev], "final_acc": [acc], "learned": [True]}, index=pd.Index([1], name="seed"))
+
+    def absent(rev_a, rev_b, seed):
+        raise OutputsMissing("predictions/resnet18-d-1.npy of main (aaaaaaa), not in the local "
+                             "DVC cache")
+    t = compare_pair(frame("a", 0.5), frame("b", 0.7), absent)
+    assert t.test == "none" and t.p is None and t.delta == pytest.approx(0.2)
+    assert t.note == ("McNemar's test needs predictions/resnet18-d-1.npy of main (aaaaaaa), not "
+                      "in the local DVC cache: no test")
+    missing = MissingOutputs()
+    missing.add("main (aaaaaaa)", "predictions/resnet18-d-1.npy")
+    runs = parse_exp_show(SHOW)
+    selection = select(runs, PARAMS)
+    write(tmp_path, "dataset", runs, selection, tables(selection.cells, "dataset", NO_PAIRS),
+          None, None, WeightSection([], pd.DataFrame(), {}), missing)
+    text = section((tmp_path / "README.md").read_text(), "Outputs not in the local DVC cache")
+    assert "main (aaaaaaa): predictions/resnet18-d-1.npy" in text and "`dvc pull`" in text
 
 
 def test_write_makes_markdown_and_html_with_colours(tmp_path):

@@ -1,4 +1,5 @@
 import math
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from normbench.arrays import Arrays, Split
 from normbench.datasets import make_shapes
 from normbench.models import MODELS, build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm, Normalizer
-from normbench.train import (CompileFailed, TrainingDiverged, augment, batches_per_epoch,
-                             seed_everything, train_cell)
+from normbench.train import (CompileFailed, DeviceSplit, Runner, TrainingDiverged, augment,
+                             batches_per_epoch, evaluate, seed_everything, train_cell)
 from normbench.weightdist import WeightRecorder
 
 CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
@@ -188,7 +189,7 @@ def failing_compile(monkeypatch):
     def backend(graph, example_inputs):
         raise RuntimeError("no working C++ compiler")
 
-    monkeypatch.setattr(torch, "compile", lambda model, mode: real(model, backend=backend))
+    monkeypatch.setattr(torch, "compile", lambda model, mode, **kw: real(model, backend=backend))
 
 
 def test_failing_compile_stops_the_cell_with_the_fix(even, monkeypatch):
@@ -210,7 +211,7 @@ def test_failing_compile_falls_back_to_eager_when_allowed(even, monkeypatch, cap
 
 
 def test_compile_unavailable_is_reported(even, monkeypatch):
-    def unavailable(model, mode):
+    def unavailable(model, mode, **kw):
         raise RuntimeError("torch.compile is not supported on this Python")
 
     monkeypatch.setattr(torch, "compile", unavailable)
@@ -276,3 +277,78 @@ def test_the_training_loop_normalizes_each_image_by_its_own_pixels_not_its_padde
         assert gap < 1e-5, f"a training image is no window of any image's own values ({gap})"
         shifted += int(at) // (2 * n) != pad * (2 * pad + 1) + pad  # not the centred window
     assert shifted > n // 2  # most crops took in padding (else this test would prove little)
+
+
+class CountingBackend:
+    """A torch.compile backend that builds nothing: it records every graph dynamo hands it
+    (whether autograd was on, i.e. train or eval, and the input shapes) and runs it as traced."""
+
+    def __init__(self) -> None:
+        self.graphs: list[tuple[bool, list[tuple]]] = []
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list) -> Callable:
+        shapes = [tuple(i.shape) if isinstance(i, torch.Tensor) else i for i in inputs]
+        self.graphs.append((torch.is_grad_enabled(), shapes))
+        return graph.forward
+
+    def batch_shapes(self) -> list[tuple[bool, tuple]]:
+        """Per graph: (train?, the image batch's shape: its largest 4-d input, not a weight)."""
+        return [(train, max((s for s in shapes if isinstance(s, tuple) and len(s) == 4),
+                            key=math.prod)) for train, shapes in self.graphs]
+
+    def symbolic(self) -> list:
+        """Sizes that are not plain ints: a dynamic-shape graph."""
+        return [d for _, shapes in self.graphs for s in shapes
+                for d in (s if isinstance(s, tuple) else (s,)) if not isinstance(d, int)]
+
+
+def counting_compile(monkeypatch) -> CountingBackend:
+    """torch.compile with a CountingBackend, keeping the caller's ``dynamic``."""
+    backend, real = CountingBackend(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode, dynamic=None: real(
+        model, backend=backend, dynamic=dynamic))
+    return backend
+
+
+# 36 train and 12 test images (EVEN's data) in batches that divide neither split: 16 + 16 + 4
+# in training, 8 + 4 in evaluation.
+UNEVEN = TrainConfig(**{**CFG.__dict__, "batch_size": 16, "eval_batch_size": 8})
+
+
+def test_a_compiled_cell_builds_two_fixed_graphs_and_learns_what_the_eager_cell_learns(
+        even, monkeypatch):
+    eager = run_tiny(even, PLAIN, UNEVEN)
+    backend = counting_compile(monkeypatch)
+    per_epoch = []
+    seed_everything(5)
+    compiled = train_cell(tiny_net(len(even.classes)), even, NORMALIZATIONS["dataset"], STATS,
+                          UNEVEN, 5, torch.device("cpu"), speed=SpeedConfig("none", "default",
+                                                                              False),
+                          on_epoch=lambda record: per_epoch.append(len(backend.graphs)))
+    # Eval first (epoch 0), then train; nothing compiled after the first epoch: no recompile.
+    assert backend.batch_shapes() == [(False, (8, 3, 32, 32)), (True, (16, 3, 32, 32))]
+    assert per_epoch == [1, 2, 2]
+    assert backend.symbolic() == []  # dynamic=False: no symbolic batch size
+    # The padded eval batch and the eager last train batch change nothing.
+    assert compiled.speed["compiled"]
+    assert compiled.history == eager.history
+    assert np.array_equal(compiled.final_predictions, eager.final_predictions)
+
+
+def test_evaluation_pads_the_last_batch_to_the_graphs_shape_and_predicts_the_same(
+        even, monkeypatch):
+    seed_everything(0)
+    model = tiny_net(len(even.classes)).train()
+    for _ in range(3):  # BatchNorm's running statistics away from their initial 0 and 1
+        model(torch.randn(16, 3, 32, 32) * 2 + 1)
+    test = DeviceSplit(torch.from_numpy(even.test.images).permute(0, 3, 1, 2).contiguous(),
+                       torch.from_numpy(even.test.labels))
+    normalizer = Normalizer(NORMALIZATIONS["instance"], STATS)  # per image: padding is no image
+    unpadded = evaluate(Runner(model, PLAIN, torch.device("cpu")), test, normalizer, 5)
+    whole = evaluate(Runner(model, PLAIN, torch.device("cpu")), test, normalizer, 12)
+    backend = counting_compile(monkeypatch)
+    padded = evaluate(Runner(model, SpeedConfig("none", "default", False), torch.device("cpu")),
+                      test, normalizer, 5)
+    assert backend.batch_shapes() == [(False, (5, 3, 32, 32))]  # 5 + 5 + 2 padded to 5
+    assert torch.equal(padded[2], unpadded[2]) and torch.equal(padded[2], whole[2])
+    assert padded[:2] == pytest.approx(unpadded[:2], rel=1e-6)

@@ -38,8 +38,9 @@ from normbench.grid import cell_name
 from normbench.report import mean_pm_std, png_bytes, stats_table
 from normbench.significance import (ALPHA, MAX_SEEDS, POWER, Test, can_reject, compare_seeds,
                                     detectable, fmt_p, holm, mcnemar, seeds_for_verdict)
-from normbench.runs import (Run, Selection, attach_locks, exp_show, parse_exp_show,
-                            read_cell_outputs, read_lock, reference_params, select)
+from normbench.runs import (MissingOutputs, Run, Selection, attach_locks, exp_show,
+                            parse_exp_show, read_cell_outputs, read_lock, reference_params,
+                            revision_label, select)
 from normbench import weightcompare
 from normbench.verdict_figure import verdict_figure
 
@@ -85,7 +86,10 @@ def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Test:
                     + ": no verdict")
     if len(base) == len(other) == 1 and base.index[0] == other.index[0]:
         seed = int(base.index[0])
-        a, b = predictions(base.rev.iloc[0], other.rev.iloc[0], seed)
+        try:
+            a, b = predictions(base.rev.iloc[0], other.rev.iloc[0], seed)
+        except OutputsMissing as e:  # listed on the page with the command that brings them
+            return Test("none", delta, note=f"McNemar's test needs {e}: no test")
         p = mcnemar(a, b)
         shown = "differ" if p < ALPHA else "are not shown to differ"
         return Test("McNemar", delta, note=f"one seed each (seed {seed}): the two trained models "
@@ -94,23 +98,33 @@ def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Test:
     return compare_seeds(base[VERDICT_FIGURE].to_dict(), other[VERDICT_FIGURE].to_dict())
 
 
+class OutputsMissing(ConfigError):
+    """Outputs a test needs are not in the local DVC cache (they are listed on the page)."""
+
+
 # pragma: no mutate start (I/O: reads the DVC cache; `make mutation` covers tables and verdicts)
-def prediction_loader(repo: Path):
+def prediction_loader(repo: Path, cells: pd.DataFrame, missing: MissingOutputs):
     """(model, dataset) -> (rev_a, rev_b, seed) -> per-image correctness of both runs' cells.
 
     Predictions and test labels are read at each run's own revision from the DVC cache. A file
-    that cannot be read is an error naming it and the fix, never a silent "no test".
+    that cannot be read there is added to ``missing`` and raises OutputsMissing: that pair gets
+    no test, saying why, and the page says how to bring the file.
     """
     import dvc.api  # heavy: imported only when predictions are needed
+    from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
 
     def load(path: str, rev: str) -> np.ndarray:
         try:
             with dvc.api.open(path, repo=str(repo), rev=rev, mode="rb") as f:
                 return np.load(io.BytesIO(f.read()))
-        except Exception as e:  # DVC raises many kinds; the cause goes into the message
+        except (OSError, DataIndexError, DvcException) as e:  # DVC's kinds of "not here"
+            label = revision_label(cells, rev)
+            missing.add(label, path)
+            raise OutputsMissing(f"{path} of {label}, not in the local DVC cache") from e
+        except Exception as e:  # a damaged file (np.load's kinds): the cause in the message
             raise ConfigError(f"cannot read {path} at revision {rev[:7]} for McNemar's test "
-                              f"({type(e).__name__}: {e}); fetch it with `dvc pull` or "
-                              "`dvc exp pull <remote> <experiment>`") from e
+                              f"({type(e).__name__}: {e})") from e
 
     def pair(model: str, dataset: str):
         def get(rev_a: str, rev_b: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -403,14 +417,16 @@ class WeightSection:
 
 
 # pragma: no mutate block (to the end: I/O, writing the page, the command line)
-def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSection:
+def weight_section(repo: Path, cells: pd.DataFrame, baseline: str,
+                   missing: MissingOutputs) -> WeightSection:
     """Read every selected cell's weight snapshots and compare them across settings.
 
-    Cells that did not learn are drawn but carry no verdict.
+    Cells that did not learn are drawn but carry no verdict; cells whose snapshots are not in
+    the local DVC cache are left out and added to ``missing``.
     """
     records = []
     outputs = read_cell_outputs(repo, cells, "weightdist/{cell}/summary.json",
-                                "weightdist/{cell}/samples.npz")
+                                "weightdist/{cell}/samples.npz", missing=missing)
     for (setting, model, dataset, seed), (summary, samples) in outputs.items():
         with np.load(io.BytesIO(samples)) as z:
             arrays = {role: z[f"{role}_samples"] for role in ROLES}
@@ -424,7 +440,8 @@ def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSect
 
 
 def write(out: Path, baseline: str, runs: list[Run], selection: Selection, result: dict,
-          stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection) -> None:
+          stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection,
+          missing: MissingOutputs | None = None) -> None:
     """compare/README.md, compare/index.html (figures embedded) and the figures as PNG."""
     out.mkdir(parents=True, exist_ok=True)
     lines = verdicts(result["tests"], baseline, list(selection.cells.index.unique("setting")))
@@ -440,6 +457,11 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         ("Held fixed", "Every compared cell was trained with these params; only the setting "
          "(norm, weights) and the seed vary. " + left, held_fixed(selection)),
     ]
+    if missing is not None and missing.paths:
+        sections.append(("Outputs not in the local DVC cache",
+                         "Their cells are in the tables (metrics are in git); the tests and weight "
+                         "figures that need these files went on without them.\n\n"
+                         + "\n\n".join([*missing.lines(), missing.FIX]), None))
     if not selection.conflicts.empty:
         sections.append(("Conflicting results",
                          "The same cell, trained with the same params, gave different results "
@@ -551,17 +573,24 @@ def main(argv: list[str] | None = None) -> None:
                           "runs like another one")
     cells = selection.cells
     check_norm(args.baseline)
-    result = tables(cells, args.baseline, prediction_loader(repo))
+    missing = MissingOutputs()
+    result = tables(cells, args.baseline, prediction_loader(repo, cells, missing))
     stats_dir = repo / "data" / "stats"
     stats = {p.stem: read_json(p, "statistics", "") for p in sorted(stats_dir.glob("*.json"))}
     history = histories(runs, cells, repo)
     write(Path(args.out), args.baseline, runs, selection, result,
           stats_table(stats) if stats else None,
           figure1(history) if not history.empty else None,
-          weight_section(repo, cells, args.baseline))
+          weight_section(repo, cells, args.baseline, missing), missing)
     print(f"compare -> {args.out}/index.html and {args.out}/README.md "
           f"({len(selection.left_out)} run/dataset pair(s) left out, "
           f"{len(selection.conflicts)} conflicting cell(s))")
+    for line in group_left_out(selection.left_out):  # by name: a run on another kind of machine
+        print(f"left out: {line}")
+    for line in missing.lines():
+        print(f"not in the local DVC cache: {line}")
+    if missing.paths:
+        print(missing.FIX)
 
 
 if __name__ == "__main__":
