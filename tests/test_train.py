@@ -7,7 +7,7 @@ import scipy.stats
 import torch
 
 from normbench.config import SpeedConfig, TrainConfig
-from normbench.arrays import Arrays
+from normbench.arrays import Arrays, Split
 from normbench.datasets import make_shapes
 from normbench.models import MODELS, build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm, Normalizer
@@ -230,6 +230,53 @@ def test_timing_goes_to_timings_or_to_an_absolute_folder_of_the_callers(tmp_path
     monkeypatch.setenv(TIMINGS_ENV, "relative")  # would land in a queued cell's temporary copy
     with pytest.raises(ConfigError, match="must be an absolute path"):
         timing_path("c")
+
+
+class Spy(torch.nn.Module):
+    """``tiny_net`` that keeps every batch it is trained on, as the training loop passes it."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.net, self.seen = tiny_net(classes), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["instance", "minmax"])
+def test_the_training_loop_normalizes_each_image_by_its_own_pixels_not_its_padded_crop(name):
+    """Every batch that train_cell trains on: each image's own pixels at their test-time
+    values wherever the crop puts them, and the border at that image's own black. A loop that
+    fitted a per-image norm to the padded crop (``normalizer(augment(...))``) fails here: the
+    images have no black pixel, so padding moves their mean, std and minimum."""
+    pad, size, n = 2, 8, 16
+    images = np.random.default_rng(0).integers(1, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.int64) % 2
+    arrays = Arrays(Split(images, labels), Split(images[:4], labels[:4]), ["a", "b"])
+    cfg = TrainConfig(epochs=1, batch_size=8, eval_batch_size=8, lr=0.001, weight_decay=0.0,
+                      optimizer="adam", scheduler="cosine", pad=pad, flip=True)
+    seed_everything(0)
+    spy = Spy(2)
+    train_cell(spy, arrays, NORMALIZATIONS[name], STATS, cfg, 0, torch.device("cpu"))
+    seen = torch.cat(spy.seen)
+    assert seen.shape == (n, 3, size, size)  # one epoch: every image once
+    # Every window the crop and flip can cut from each image padded with its own black.
+    normalizer = Normalizer(NORMALIZATIONS[name], STATS)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    content = torch.nn.functional.pad(torch.ones_like(x, dtype=torch.bool), (pad,) * 4)
+    black = Normalizer.apply(torch.zeros_like(x), normalizer.affine(x))[:, :, :1, :1]
+    padded = torch.where(content, torch.nn.functional.pad(normalizer(x), (pad,) * 4), black)
+    windows = torch.cat([w for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                         for w in (padded[:, :, dy:dy + size, dx:dx + size],
+                                   padded[:, :, dy:dy + size, dx:dx + size].flip(3))])
+    shifted = 0
+    for batch_image in seen:
+        gap, at = (windows - batch_image).abs().amax(dim=(1, 2, 3)).min(0)
+        assert gap < 1e-5, f"a training image is no window of any image's own values ({gap})"
+        shifted += int(at) // (2 * n) != pad * (2 * pad + 1) + pad  # not the centred window
+    assert shifted > n // 2  # most crops took in padding (else this test would prove little)
 
 
 class CountingBackend:
