@@ -94,7 +94,10 @@ def main() -> None:
     args = ap.parse_args()
 
     base = apply_sets(load_params(ROOT / "params.yaml"), args.sets)
-    key, values = sweep_values(args.sweep)
+    try:
+        key, values = sweep_values(args.sweep)
+    except ConfigError as e:
+        ap.error(str(e))
     device = resolve_device(args.device)
     targets = {d: build_dataset(d, require(base, f"data.{d}")) for d in args.datasets}
     source = PretrainConfig.from_params(require(base, "start.pretrained")).source

@@ -166,7 +166,7 @@ def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
     train = require(load_params(ROOT / "params.yaml"), "train")
     cfg = TrainConfig.from_params({**train, "batch_size": args.batch})
 
-    train_split, test_split = to_device(data, device)
+    train_split, test_split = (to_device(s, device) for s in (data.train, data.test))
     bounds = batches_per_epoch(len(train_split.labels), args.batch)
     opt, sched = make_optimizer(model, cfg, len(bounds), device)
     normalizer = Normalizer(NORMALIZATIONS["dataset"], STATS, device)  # as train_cell builds it

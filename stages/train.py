@@ -79,8 +79,9 @@ def main() -> None:
                 if key != "epoch":
                     live.log_metric(key, value)
             live.next_step()  # dvclive's step == epoch: step 0 is the untrained model
-            print(f"  epoch {record['epoch']:3d}  val_acc {record['val_acc']:.4f}  "
-                  f"test_acc {record['test_acc']:.4f}  test_loss {record['test_loss']:.4f}",
+            # "epoch N  test_acc" first: make study's progress line reads it (dvcqueue.py).
+            print(f"  epoch {record['epoch']:3d}  test_acc {record['test_acc']:.4f}  "
+                  f"test_loss {record['test_loss']:.4f}  val_acc {record['val_acc']:.4f}",
                   flush=True)
 
         recorder = WeightRecorder(model, MODELS[model_name].watched)
