@@ -33,6 +33,7 @@ def test_the_split_is_stratified_and_holds_out_the_fraction(digits):
     # several images in some class (its spread is about 3.6 images per class here).
     assert np.all(np.abs(held_per_class - 0.1 * per_class) <= 1), held_per_class
     assert held_per_class.sum() == 144
+    assert len(split_indices(np.arange(100) % 2, 0.07)[1]) == 7  # not 8: 0.07 x 100 > 7 in floats
 
 
 def test_the_split_is_disjoint_and_covers_the_train_split(digits):

@@ -38,7 +38,7 @@ def split_indices(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.n
 
     fraction = check_fraction(fraction)
     n, k = len(labels), len(np.unique(labels))
-    held = int(np.ceil(fraction * n))
+    held = int(np.ceil(round(fraction * n, 9)))  # 0.07 x 100 is 7.000000000000001: 7, not 8
     if held < k or n - held < k:
         raise ConfigError(
             f"train.val_fraction {fraction:g} holds out {held} of {n} train images, but a "
