@@ -15,7 +15,8 @@ queue-<device>.md, which compares each N with -j 1 per model and workload; `make
 its cells per GPU from these rows (normbench.gpushare.choose).
 
 A CIFAR-sized workload that needs no download: --set 'datasets=[shapes]'
---set data.shapes.images_per_class=10000 (60,000 images of 32 x 32, 48,000 to train).
+--set data.shapes.images_per_class=10000 (60,000 images of 32 x 32, 48,000 in the train split,
+43,200 trained on after the validation split).
 
 Usage: python bench/queue_speed.py --jobs 4 --model resnet18 [--set key=value ...]
 """
@@ -44,11 +45,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from device_results import (RESULTS, append_row, device_label, provenance,  # noqa: E402
                             read_rows, slug)
 from normbench import gpushare  # noqa: E402
+from normbench.config import TrainConfig  # noqa: E402
 from normbench.dvcqueue import run_local  # noqa: E402
 from normbench.models import MODELS  # noqa: E402
 from normbench.runs import parse_exp_show  # noqa: E402
 from normbench.study import apply_sets, plan  # noqa: E402
 from normbench.timing import TIMINGS_ENV  # noqa: E402
+from normbench.validation import split_indices  # noqa: E402
 
 CELL_METRICS = ("best_acc", "epochs")  # from `dvc exp show`
 # From the cell's timing file; compile_cache: whether it compiled (cold) or loaded (warm).
@@ -103,9 +106,12 @@ def run_queue(repo: Path, jobs: int, mps: bool) -> tuple[float, list[dict], bool
     return seconds, cells, mps_on
 
 
-def train_images(repo: Path, cells: list[dict]) -> int:
-    """Training images over all cells: each cell's train split, once per epoch."""
-    sizes = {p.parent.name: len(np.load(p, mmap_mode="r"))
+def train_images(repo: Path, cells: list[dict], model: str) -> int:
+    """Training images over all cells: each cell's train split less its validation split, once
+    per epoch."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    cfg = TrainConfig.from_params(params["train"]).for_model(params["per_model"], model)
+    sizes = {p.parent.name: len(split_indices(np.load(p), cfg.val_fraction)[0])
              for p in (repo / "data").glob("*/train_labels.npy")}
     return sum(sizes[c["cell"].split("-")[1]] * c["epochs"] for c in cells)
 
@@ -159,7 +165,7 @@ def main() -> None:
     repo = tmp / "repo"
     clone(repo, [f"models=[{args.model}]", *args.sets])
     seconds, cells, mps = run_queue(repo, args.jobs, args.mps)
-    images = train_images(repo, cells)
+    images = train_images(repo, cells, args.model)
     shutil.rmtree(tmp)
     row = {"device": label, "model": args.model, "workload": " ".join(args.sets) or "defaults",
            "jobs": args.jobs, "mps": mps, "seconds": round(seconds, 1), "train_images": images,

@@ -57,7 +57,7 @@ from normbench.io import StageFailed  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Normalizer  # noqa: E402
 from normbench.train import (Runner, batches_per_epoch, epoch_runner,  # noqa: E402
-                             evaluate, seed_everything, to_device)
+                             eval_batch, evaluate, seed_everything, to_device)
 
 STATS = ChannelStats((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10-like, in [0, 1] units
 CLASSES = 10
@@ -227,11 +227,12 @@ def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
     # and flip), with this run's batch size.
     train = require(load_params(ROOT / "params.yaml"), "train")
     cfg = TrainConfig.from_params({**train, "batch_size": args.batch})
-    runner = Runner(model, speed, device,
-                    compile_cache.for_cell(model, data, cfg, speed, device, label=model_name))
+    bounds = batches_per_epoch(len(data.train.labels), args.batch)
+    eval_size = eval_batch(cfg.eval_batch_size, data.test)
+    runner = Runner(model, speed, device, compile_cache.for_cell(
+        model, data, (bounds[0][1] - bounds[0][0], eval_size), speed, device, label=model_name))
 
-    train_split, test_split = to_device(data, device)
-    bounds = batches_per_epoch(len(train_split.labels), args.batch)
+    train_split, test_split = (to_device(s, device) for s in (data.train, data.test))
     normalizer = Normalizer(NORMALIZATIONS["dataset"], STATS, device)  # as train_cell builds it
     gen = torch.Generator(device=device).manual_seed(0)
     run_epoch = epoch_runner(runner, cfg, train_split, bounds, normalizer, gen, len(bounds))
@@ -240,8 +241,7 @@ def project_rate(model_name: str, data: Arrays, speed: SpeedConfig, args,
         loss_sum, _, _ = run_epoch()
         loss_sum.item()  # the stage reads the epoch's loss once, too
 
-    rate = measure(train_pass, lambda: evaluate(runner, test_split, normalizer,
-                                                cfg.eval_batch_size),
+    rate = measure(train_pass, lambda: evaluate(runner, test_split, normalizer, eval_size),
                    len(train_split.labels), len(test_split.labels), args, device)
     rate.cache = runner.cache_report()
     if rate.capped and runner.cache is not None:

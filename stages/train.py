@@ -83,8 +83,10 @@ def main() -> None:
                 if key != "epoch":
                     live.log_metric(key, value)
             live.next_step()  # dvclive's step == epoch: step 0 is the untrained model
+            # "epoch N  test_acc" first: make study's progress line reads it (dvcqueue.py).
             print(f"  epoch {record['epoch']:3d}  test_acc {record['test_acc']:.4f}  "
-                  f"test_loss {record['test_loss']:.4f}", flush=True)
+                  f"test_loss {record['test_loss']:.4f}  val_acc {record['val_acc']:.4f}",
+                  flush=True)
 
         recorder = WeightRecorder(model, MODELS[model_name].watched)
         result = train_cell(model, arrays, norm, stats, cfg, args.seed,
@@ -114,8 +116,8 @@ def main() -> None:
     write_timing(cell, {**timing, "machine": details(device)})
     learned = "" if result.learned else (f" (NOT above chance {metrics['chance_acc']:.3f}: "
                                          "no verdict will rest on this cell)")
-    print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, best_acc "
-          f"{metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
+    print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, val_acc "
+          f"{metrics['val_acc']:.4f} (best on validation: epoch {metrics['best_epoch']}), "
           f"{timing['images_per_s']:.0f} img/s")
 
 

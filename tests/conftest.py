@@ -112,7 +112,7 @@ def tiny_project(repo: Path) -> None:
         shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
-    params["train"].update(epochs=1, batch_size=16)
+    params["train"].update(epochs=1, batch_size=16, val_fraction=0.2)  # 8 of 38 train images held out
     params["data"]["shapes"]["images_per_class"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "init", "-q")

@@ -350,7 +350,8 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
         [sys.executable, str(ROOT / "bench" / "queue_speed.py"), "--jobs", "2",
          "--model", "resnet18", "--set", "datasets=[shapes]", "--set", "device=cpu",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=2",
-         "--set", "train.batch_size=16", "--results", str(tmp_path)],
+         "--set", "train.batch_size=16", "--set", "train.val_fraction=0.2",
+         "--results", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [row] = [json.loads(line) for line in (tmp_path / next(
@@ -360,36 +361,73 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
     # each cell's speed, from its timing file (a queued cell's workspace is gone by now)
     assert all(c["images_per_s"] > 0 and c["train_seconds"] > 0 for c in row["cells"])
-    # 8 shapes x 6 classes, 80 % to train (38 images), 2 epochs, 2 cells.
-    assert row["train_images"] == 2 * 2 * 38
+    # 8 shapes x 6 classes, 80 % in the train split (38 images), 8 of them held out for
+    # validation: 30 trained on, 2 epochs, 2 cells.
+    assert row["train_images"] == 2 * 2 * 30
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
     assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
     assert row["mps"] is False  # not asked for
 
 
+def budget_rows(table: str, title: str) -> list[list[str]]:
+    """The model rows of one of model_budget's tables, as cells."""
+    part = table.split(f"## {title}")[1].split("## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in part.splitlines()
+            if line.startswith("| resnet18 |")]
+
+
 def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretrained(tmp_path):
     """One model on a tiny workload: its per_model entry is the budget of its cells and of its
-    pretraining, and every cell's final accuracy and learned flag reach the table."""
+    pretraining, and every cell's validation and test accuracy reach their tables."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path),
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
+         "--set", "train.val_fraction=0.2",  # 8 of 38 train images, one or two per class
          "--set", "per_model.resnet18={batch_size: 8}",
          "--set", "start.pretrained.data.images_per_class=6",
          "--set", "start.pretrained.data.test_fraction=0.25",
-         "--set", "start.pretrained.train.epochs=1"],
+         "--set", "start.pretrained.train.epochs=1",
+         "--set", "start.pretrained.train.val_fraction=0.25"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = next(tmp_path.glob("model-budget-*.md")).read_text()
-    assert ("| model | budget | shapes, scratch | gratings (source) | shapes, pretrained on "
-            "gratings |") in table, table
-    [row] = [line for line in table.splitlines() if line.startswith("| resnet18 |")]
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "batch 8, lr 0.001, 1 epochs"  # per_model over the shared block
-    for value in cells[2:]:  # a percentage, "(chance)" when not above chance
+    assert table.count("| model | budget | shapes, scratch | gratings (source) | shapes, "
+                       "pretrained on gratings |") == 2, table
+    [val] = budget_rows(table, "Validation accuracy")
+    [test] = budget_rows(table, "Test accuracy")
+    # per_model over the shared block
+    assert val[1] == test[1] == "batch 8, lr 0.001, 1 epochs, validation 0.2"
+    for value in val[2:] + test[2:]:  # a percentage, "(chance)" when not above chance
         number, _, flag = value.partition(" ")
-        assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), row
+        assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), value
+
+
+def test_model_budget_shows_validation_where_a_choice_reads_and_test_apart():
+    budget = importlib.import_module("model_budget")
+    metrics = {"val_acc": 0.625, "val_above_chance_p": 0.2, "final_acc": 0.9,
+               "above_chance_p": 0.001}
+    assert budget.shown(metrics, "val") == "62.5 (chance)"
+    assert budget.shown(metrics, "test") == "90.0"
+
+
+def test_model_budget_sweeps_one_param_a_row_per_value(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+         "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path), "--no-pretrained",
+         "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
+         "--set", "train.val_fraction=0.2", "--sweep", "per_model.resnet18.lr=0.01,0.0001"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [path] = tmp_path.glob("model-budget-*-scratch-only-sweep-per-model-resnet18-lr.md")
+    rows = budget_rows(path.read_text(), "Validation accuracy")
+    assert [r[1] for r in rows] == ["batch 256, lr 0.01, 1 epochs, validation 0.2",
+                                    "batch 256, lr 0.0001, 1 epochs, validation 0.2"]
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "model_budget.py"), "--sweep",
+                          "per_model.resnet18.lr"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "must look like key=v1,v2" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 DETACHED_BURN = """

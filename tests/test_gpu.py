@@ -32,7 +32,7 @@ pytestmark = pytest.mark.gpu
 # Batches that do not divide the splits: every cell meets a last partial batch in training and
 # in evaluation, as real datasets do (50,000 / 256 leaves 80).
 CFG = TrainConfig(epochs=8, batch_size=64, eval_batch_size=128, lr=0.001, weight_decay=0.0,
-                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def cuda() -> torch.device:
 
 @pytest.fixture(scope="module")
 def shapes() -> Arrays:
-    return make_shapes(images_per_class=200, test_fraction=0.25, seed=0)  # 900 train, 300 test
+    return make_shapes(images_per_class=200, test_fraction=0.25, seed=0)  # 810+90 train, 300 test
 
 
 def fast_cell(arrays: Arrays, device: torch.device, seed: int = 1, model: str = "resnet18"):

@@ -61,6 +61,7 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     tiny_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["shapes"]["images_per_class"] = IMAGES_PER_CLASS
+    params["train"]["val_fraction"] = 0.1  # 48 of the 480 train images held out
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "commit", "-qam", "more images")
 

@@ -13,10 +13,11 @@ from normbench.models import MODELS, build_model
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm, Normalizer
 from normbench.train import (CompileFailed, DeviceSplit, Runner, TrainingDiverged, augment,
                              batches_per_epoch, evaluate, seed_everything, train_cell)
+from normbench.validation import hold_out
 from normbench.weightdist import WeightRecorder
 
 CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
-                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.25)
 STATS = ChannelStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
@@ -75,8 +76,10 @@ def test_history_and_metrics_are_consistent(tiny):
     assert "train_loss" not in r.history[0]  # epoch 0 is the untrained model
     m = r.metrics()
     assert m["epochs"] == 2 and 1 <= m["best_epoch"] <= 2
+    assert m["best_val_acc"] == max(h["val_acc"] for h in r.history[1:])
     assert m["best_acc"] == max(h["test_acc"] for h in r.history[1:])
     assert m["final_acc"] == r.history[-1]["test_acc"]
+    assert (m["val_acc"], m["val_loss"]) == (r.history[-1]["val_acc"], r.history[-1]["val_loss"])
     assert len(r.final_predictions) == len(tiny.test.labels)
     acc = (r.final_predictions == tiny.test.labels).mean()
     assert math.isclose(acc, m["final_acc"])  # predictions belong to the final epoch
@@ -86,6 +89,13 @@ def test_history_and_metrics_are_consistent(tiny):
     assert m["above_chance_p"] == pytest.approx(
         scipy.stats.binomtest(correct, len(acc_labels), m["chance_acc"], "greater").pvalue)
     assert m["learned"] == (m["above_chance_p"] < 0.05)
+    # The validation split: 25 % of the 54 train images, 14 held out, 2 or 3 of each class.
+    val = np.bincount(hold_out(tiny.train, CFG.val_fraction)[1].labels)
+    assert m["val_chance_acc"] == val.max() / val.sum() == 3 / 14
+    val_correct = round(m["val_acc"] * 14)
+    assert math.isclose(val_correct, m["val_acc"] * 14)
+    assert m["val_above_chance_p"] == pytest.approx(
+        scipy.stats.binomtest(val_correct, 14, 3 / 14, "greater").pvalue)
     assert m["execution"] == "cpu fp32 eager"
     assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
     t = r.timing()
@@ -121,7 +131,7 @@ def test_nan_loss_stops_the_cell(tiny):
 
 def test_a_model_learns_the_shapes():
     big = make_shapes(images_per_class=60, test_fraction=0.25, seed=1)
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "batch_size": 32})
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "batch_size": 16, "val_fraction": 0.1})
     r = run(big, cfg=cfg)
     assert r.history[-1]["train_loss"] < 0.8 * r.history[1]["train_loss"]
     m = r.metrics()
@@ -149,15 +159,17 @@ def run_tiny(arrays: Arrays, speed: SpeedConfig, cfg=CFG):
                       cfg, 5, torch.device("cpu"), speed=speed)
 
 
+EVEN = TrainConfig(**{**CFG.__dict__, "batch_size": 12, "eval_batch_size": 12,
+                      "val_fraction": 1 / 3})
+
+
 @pytest.fixture(scope="module")
 def even() -> Arrays:
     """Shapes whose splits divide into equal batches: one compiled graph for train, one for eval."""
     arrays = make_shapes(images_per_class=8, test_fraction=0.25, seed=0)  # 36 train, 12 test
-    assert len(arrays.train.labels) % 12 == 0 and len(arrays.test.labels) == 12
+    trained, val = hold_out(arrays.train, EVEN.val_fraction)  # 24 trained, 12 held out
+    assert len(trained.labels) % 12 == 0 and len(val.labels) == len(arrays.test.labels) == 12
     return arrays
-
-
-EVEN = TrainConfig(**{**CFG.__dict__, "batch_size": 12, "eval_batch_size": 12})
 PLAIN = SpeedConfig("none", "none", False)
 
 

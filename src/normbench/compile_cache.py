@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from normbench.arrays import Arrays
-    from normbench.config import SpeedConfig, TrainConfig
+    from normbench.config import SpeedConfig
 
 CACHE_DIR = Path(".compile-cache")  # relative to the repository root, where DVC runs stages
 CACHE_ENV = "NORMBENCH_COMPILE_CACHE"  # an absolute folder that replaces CACHE_DIR
@@ -111,17 +111,16 @@ def _forget_recorded_artifacts() -> None:
         pass
 
 
-def for_cell(model: nn.Module, arrays: Arrays, cfg: TrainConfig, speed: SpeedConfig,
+def for_cell(model: nn.Module, arrays: Arrays, batches: tuple[int, int], speed: SpeedConfig,
              device: torch.device, label: str | None = None) -> CompileCache | None:
     """The cache of a cell that compiles its model (None for eager and captured cells): its
-    graphs are train at ``batch_size`` and eval at ``eval_batch_size``, each at most a split.
+    two graphs take ``batches`` = (train batch, eval batch) images, as the cell runs them.
     ``label`` (a model's registry name) goes into the file's record, for people."""
     if speed.compile in ("none", "captured"):
         return None
     height, width, channels = arrays.train.images.shape[1:]
-    key = cell_key(model, len(arrays.classes), (channels, height, width),
-                   min(cfg.batch_size, len(arrays.train.labels)),
-                   min(cfg.eval_batch_size, len(arrays.test.labels)), speed, device)
+    key = cell_key(model, len(arrays.classes), (channels, height, width), *batches, speed,
+                   device)
     return CompileCache(key, label=label)
 
 

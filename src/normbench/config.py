@@ -11,6 +11,7 @@ import yaml
 
 from normbench.placement import place_cell
 from normbench.registry import ConfigError, Registry
+from normbench.validation import check_fraction
 
 if TYPE_CHECKING:
     import torch
@@ -78,13 +79,14 @@ class TrainConfig:
 
     epochs: int  # passes over the train split
     batch_size: int  # images per optimizer step
-    eval_batch_size: int  # images per forward pass at test time (memory only, not results)
+    eval_batch_size: int  # images per forward pass at evaluation (memory only, not results)
     lr: float  # peak learning rate
     weight_decay: float  # L2 penalty coefficient (Adam's coupled form)
     optimizer: str  # adam | sgd (momentum 0.9)
     scheduler: str  # cosine (per step, down to 0) | none
     pad: int  # zero padding in pixels before the random crop back to the image size
     flip: bool  # random horizontal flip, per image
+    val_fraction: float  # share of the train split held out for validation (normbench.validation)
 
     @classmethod
     def from_params(cls, block: Any) -> "TrainConfig":
@@ -95,6 +97,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg, key)}")
         if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.pad < 0:
             raise ConfigError("train.lr must be > 0, train.weight_decay and train.pad >= 0")
+        check_fraction(cfg.val_fraction)
         OPTIMIZERS.check(cfg.optimizer)
         SCHEDULERS.check(cfg.scheduler)
         return cfg

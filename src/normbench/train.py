@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.config import SpeedConfig, TrainConfig
-from normbench.arrays import Arrays
+from normbench.arrays import Arrays, Split
 from normbench import compile_cache
 from normbench.compile_cache import CompileCache
 from normbench.io import StageFailed
 from normbench.machine import ran_on
 from normbench.normalizations import ChannelStats, Norm, Normalizer
 from normbench.significance import ALPHA, above_chance
+from normbench.validation import choose_epoch, hold_out
 from normbench.weightdist import WeightRecorder
 
 T = TypeVar("T")
@@ -146,12 +147,11 @@ class DeviceSplit:
     labels: torch.Tensor  # int64, N
 
 
-def to_device(arrays: Arrays, device: torch.device) -> tuple[DeviceSplit, DeviceSplit]:
-    """Train and test splits as NCHW uint8 tensors on ``device`` (4x smaller than float32)."""
-    def move(split) -> DeviceSplit:
-        images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)
-        return DeviceSplit(images.contiguous().to(device), torch.from_numpy(split.labels).to(device))
-    return move(arrays.train), move(arrays.test)
+def to_device(split: Split, device: torch.device) -> DeviceSplit:
+    """A split as NCHW uint8 tensors on ``device`` (4x smaller than float32)."""
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)
+    return DeviceSplit(images.contiguous().to(device),
+                       torch.from_numpy(np.ascontiguousarray(split.labels)).to(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -206,7 +206,7 @@ def evaluate(runner: Runner, split: DeviceSplit, normalize: Callable[[torch.Tens
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
     preds = []
     n = len(split.labels)
-    size = min(batch_size, n)  # the eval graph's batch
+    size = batch_size if runner.fixed_shapes else min(batch_size, n)  # the eval graph's batch
     for start in range(0, n, size):
         images, y = split.images[start:start + size], split.labels[start:start + size]
         if runner.fixed_shapes and len(y) < size:
@@ -219,6 +219,13 @@ def evaluate(runner: Runner, split: DeviceSplit, normalize: Callable[[torch.Tens
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)
     return loss_sum.item() / n, (pred == split.labels).double().mean().item(), pred.cpu()
+
+
+def eval_batch(eval_batch_size: int, *splits: Split) -> int:
+    """The one eval batch of a cell: ``eval_batch_size``, or its largest evaluated split where
+    that is smaller. Every split's last batch is padded to it, so validation and test share
+    the cell's one eval graph."""
+    return min(eval_batch_size, max(len(s.labels) for s in splits))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
@@ -264,7 +271,7 @@ def batches_per_epoch(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def chance_level(labels: torch.Tensor) -> float:
-    """Test accuracy of always answering the most common test class (fraction)."""
+    """Accuracy of always answering the split's most common class (fraction)."""
     return torch.bincount(labels).max().item() / len(labels)
 
 
@@ -282,15 +289,18 @@ def execution(device: torch.device, speed: dict) -> str:
 
 @dataclass
 class CellResult:
-    """A trained cell. Everything kept is from the final epoch: choosing an epoch by its test
-    accuracy would select on the test set. ``best_*`` is the original study's figure only."""
+    """A trained cell. Everything kept is from the final epoch; an epoch is chosen on the
+    validation split only (``best_epoch``). ``best_acc``, the maximum over epochs of the test
+    accuracy, is the original study's figure: selected on the test set, used by no choice."""
 
     history: list[dict]  # one record per epoch; epoch 0 is the untrained model
-    best_epoch: int  # the epoch of the highest test accuracy (the original study's figure)
+    best_epoch: int  # the epoch of the highest validation accuracy (normbench.validation)
     final_state: dict[str, torch.Tensor]  # weights after the last epoch, on the CPU
     final_predictions: np.ndarray  # predicted test label per image after the last epoch
     chance_acc: float  # accuracy of always answering the most common test class
     above_chance_p: float  # one-sided binomial test of the final accuracy against chance_acc
+    val_chance_acc: float  # the same two for the validation split: what a choice reads
+    val_above_chance_p: float
     execution: str  # device kind, precision, compile mode as resolved (``execution``)
     ran_on: str  # versions and the kind of machine (normbench.machine.ran_on)
     train_seconds: float  # wall time of all epochs, evaluation and compilation included
@@ -314,17 +324,23 @@ class CellResult:
     def metrics(self) -> dict:
         """What was learned: a function of the inputs and the seed (no timing), so that a rerun on
         the same machine writes the same bytes."""
-        best = self.history[self.best_epoch]
         last = self.history[-1]
         return {
             "final_acc": last["test_acc"],  # what verdicts use: no selection on the test set
             "final_loss": last["test_loss"],
-            "best_acc": best["test_acc"],  # max over epochs on the test set: optimistic
-            "best_epoch": self.best_epoch,
+            "val_acc": last["val_acc"],  # what choices use (per_model, bench/model_budget.py)
+            "val_loss": last["val_loss"],
+            "best_epoch": self.best_epoch,  # chosen on validation
+            "best_val_acc": self.history[self.best_epoch]["val_acc"],
+            # The original study's figure: max over epochs of the test accuracy, so selected on
+            # the test set and optimistic; no choice and no verdict uses it.
+            "best_acc": max(h["test_acc"] for h in self.history[1:]),
             "epochs": last["epoch"],
             "chance_acc": self.chance_acc,
             "above_chance_p": self.above_chance_p,
             "learned": self.learned,
+            "val_chance_acc": self.val_chance_acc,
+            "val_above_chance_p": self.val_above_chance_p,
             "execution": self.execution,
             "ran_on": self.ran_on,
             # How far the watched layers moved by the end (relative L2), when they were recorded.
@@ -380,7 +396,9 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
                on_epoch: Callable[[dict], None] = lambda record: None,
                recorder: WeightRecorder | None = None,
                speed: SpeedConfig = SpeedConfig("none", "none", False)) -> CellResult:
-    """Train ``model`` on ``arrays`` and evaluate after every epoch; raise TrainingDiverged on NaN.
+    """Train ``model`` on ``arrays``'s train split less its validation split
+    (``cfg.val_fraction``, normbench.validation), evaluate on both held-out splits after every
+    epoch; raise TrainingDiverged on NaN.
 
     ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists;
     ``recorder`` takes a weight snapshot at epoch 0 and after every epoch; ``speed`` (resolved,
@@ -388,25 +406,30 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
     eager path by default.
     """
     model = model.to(device)
-    runner = Runner(model, speed, device, compile_cache.for_cell(model, arrays, cfg, speed, device))
-    train, test = to_device(arrays, device)
+    fit, held = hold_out(arrays.train, cfg.val_fraction)
+    bounds = batches_per_epoch(len(fit.labels), cfg.batch_size)
+    eval_size = eval_batch(cfg.eval_batch_size, held, arrays.test)
+    runner = Runner(model, speed, device, compile_cache.for_cell(
+        model, arrays, (bounds[0][1] - bounds[0][0], eval_size), speed, device))
+    train, val, test = (to_device(s, device) for s in (fit, held, arrays.test))
     normalizer = Normalizer(norm, stats, device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    bounds = batches_per_epoch(len(train.labels), cfg.batch_size)
     run_epoch = epoch_runner(runner, cfg, train, bounds, normalizer, gen, cfg.epochs * len(bounds))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor]:
-        test_loss, test_acc, pred = evaluate(runner, test, normalizer, cfg.eval_batch_size)
+    def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        val_loss, val_acc, val_pred = evaluate(runner, val, normalizer, eval_size)
+        test_loss, test_acc, pred = evaluate(runner, test, normalizer, eval_size)
         drifts = recorder.record(model, epoch) if recorder is not None else {}
-        record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc, **drifts}
+        record = {"epoch": epoch, **extra, "val_loss": val_loss, "val_acc": val_acc,
+                  "test_loss": test_loss, "test_acc": test_acc, **drifts}
         on_epoch(record)
-        return record, pred
+        return record, pred, val_pred
 
     start = time.perf_counter()
-    record, pred = record_eval(0, {})
-    history, best_epoch = [record], 0
+    record, pred, val_pred = record_eval(0, {})
+    history = [record]
     step_seconds = 0.0
     seen = 0
     n = sum(hi - lo for lo, hi in bounds)
@@ -422,21 +445,22 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
                 f"train loss became {train_loss} in epoch {epoch}; no metrics were written. "
                 f"Try a lower train.lr (now {cfg.lr}) or another norm."
             )
-        record, pred = record_eval(epoch, {"train_loss": train_loss,
-                                           "train_acc": correct.item() / n,
-                                           "lr": lr})
+        record, pred, val_pred = record_eval(epoch, {"train_loss": train_loss,
+                                                     "train_acc": correct.item() / n,
+                                                     "lr": lr})
         history.append(record)
-        if epoch == 1 or record["test_acc"] > history[best_epoch]["test_acc"]:
-            best_epoch = epoch
-    chance = chance_level(test.labels)
+    chance, val_chance = chance_level(test.labels), chance_level(val.labels)
     correct = int((pred == test.labels.cpu()).sum())
+    val_correct = int((val_pred == val.labels.cpu()).sum())
     return CellResult(
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=choose_epoch(history),
         final_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         final_predictions=pred.numpy().astype(np.int16),
         chance_acc=chance,
         above_chance_p=above_chance(correct, len(test.labels), chance),
+        val_chance_acc=val_chance,
+        val_above_chance_p=above_chance(val_correct, len(val.labels), val_chance),
         execution=execution(device, runner.used()),
         ran_on=ran_on(device),
         train_seconds=time.perf_counter() - start,
