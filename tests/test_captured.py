@@ -14,7 +14,7 @@ from normbench.train import (Runner, batches_per_epoch, make_optimizer,
                              seed_everything, to_device, train_epoch)
 
 CFG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=32, lr=0.001, weight_decay=0.0,
-                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.25)
 STATS = ChannelStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 CPU = torch.device("cpu")
 
@@ -75,7 +75,7 @@ def test_fused_capturable_adam_with_a_device_lr_equals_adam_with_its_scheduler()
 
 def uneven_data():
     arrays = make_shapes(images_per_class=8, test_fraction=0.25, seed=0)  # 36 train images
-    train, _ = to_device(arrays, CPU)
+    train = to_device(arrays.train, CPU)
     return arrays, train
 
 

@@ -28,7 +28,7 @@ from normbench.normalizations import NORMALIZATIONS, ChannelStats
 from normbench.train import seed_everything, train_cell
 
 cfg = TrainConfig(epochs=1, batch_size=16, eval_batch_size=8, lr=0.001, weight_decay=0.0,
-                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.25)
 seed_everything(5)
 net = torch.nn.Sequential(
     torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),

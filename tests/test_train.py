@@ -268,12 +268,14 @@ def test_the_training_loop_normalizes_each_image_by_its_own_pixels_not_its_padde
     labels = np.arange(n, dtype=np.int64) % 2
     arrays = Arrays(Split(images, labels), Split(images[:4], labels[:4]), ["a", "b"])
     cfg = TrainConfig(epochs=1, batch_size=8, eval_batch_size=8, lr=0.001, weight_decay=0.0,
-                      optimizer="adam", scheduler="cosine", pad=pad, flip=True)
+                      optimizer="adam", scheduler="cosine", pad=pad, flip=True,
+                      val_fraction=0.25)
     seed_everything(0)
     spy = Spy(2)
     train_cell(spy, arrays, NORMALIZATIONS[name], STATS, cfg, 0, torch.device("cpu"))
     seen = torch.cat(spy.seen)
-    assert seen.shape == (n, 3, size, size)  # one epoch: every image once
+    trained = len(hold_out(arrays.train, cfg.val_fraction)[0].labels)
+    assert seen.shape == (trained, 3, size, size)  # one epoch: every trained image once
     # Every window the crop and flip can cut from each image padded with its own black.
     normalizer = Normalizer(NORMALIZATIONS[name], STATS)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
