@@ -64,12 +64,14 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     n_test = max(2, args.images // 4)
     images = rng.integers(0, 256, (args.images + n_test, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 6, args.images + n_test).astype(np.int64)
+    # Every class equally often, so the 10 % validation split holds one of each (from 60 images).
+    labels = rng.permutation(np.arange(args.images + n_test) % 6).astype(np.int64)
     arrays = Arrays(Split(images[:args.images], labels[:args.images]),
                     Split(images[args.images:], labels[args.images:]), [str(i) for i in range(6)])
     cfg = TrainConfig.from_params(dict(epochs=args.epochs, batch_size=64, eval_batch_size=256,
                                        lr=1e-3, weight_decay=0.0, optimizer="adam",
-                                       scheduler="cosine", pad=4, flip=True))
+                                       scheduler="cosine", pad=4, flip=True,
+                                       val_fraction=0.1))
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(1)

@@ -42,7 +42,7 @@ def project(tmp_path_factory) -> Path:
     write_json(root / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(device="cpu")
-    params["train"].update(epochs=1, batch_size=8)
+    params["train"].update(epochs=1, batch_size=8, val_fraction=0.34)  # 1 of 3 per class
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     start = run_stage(root, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
     assert start.returncode == 0, start.stderr
