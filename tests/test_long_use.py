@@ -25,6 +25,7 @@ import pytest
 from conftest import FAULT_SEED, ROOT, copy_project, section, sh, table_rows
 
 from normbench import dvcqueue
+from normbench.study import plan
 
 pytestmark = pytest.mark.slow
 STEPS = 30
@@ -71,8 +72,6 @@ def study(repo: Path, norms: tuple, seeds: tuple = (SEED,)) -> subprocess.Popen:
 
 def executor(repo: Path, norms: tuple) -> subprocess.Popen:
     """The study's executor on what `make study --norms <norms>` plans (its names included)."""
-    from normbench.study import plan
-
     exps = [[e.norm, e.weights, e.seeds, e.params, e.pretrain]
             for e in plan(list(norms), ["scratch"], [SEED])]
     return subprocess.Popen([sys.executable, "-u", "-c", EXECUTOR, json.dumps(exps)], cwd=repo,
@@ -107,7 +106,11 @@ def interrupt(repo: Path, rng: random.Random, sig: signal.Signals) -> str:
     Ctrl-C reaches its process group, as in a terminal; SIGKILL the study alone, as `kill -9`
     does. (`make study` prints a line once it has planned and read what is done; its executor
     one per change of an experiment: an interrupt lands before, while and after they run.)"""
-    norms, whole = rng.choice(NORMS), rng.random() < STOPPED_STUDY
+    # One with work left, when there is (a user stops a study that runs something).
+    names = {n: {e.name for e in plan(list(n), ["scratch"], [SEED])} for n in NORMS}
+    ended = dvcqueue.experiment_names(repo)
+    norms = rng.choice([n for n in NORMS if not names[n] <= ended] or NORMS)
+    whole = rng.random() < STOPPED_STUDY
     line, delay = rng.randint(1, LINES), rng.uniform(0.0, DELAY_S)
     proc = (study if whole else executor)(repo, norms)
     seen, sent = [], "not sent: it ended first"

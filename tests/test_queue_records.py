@@ -1,12 +1,13 @@
 """DVC's queue stays listable: finished tasks leave it through its own messages and results
 before their folders (records and logs) go, and a task that ended without its record is taken
-off by the study and `exp show`'s wrapper (`compare`'s: test_long_use.py). Against a real DVC
-queue: a one-line pipeline (`cp`) for the queue's own behaviour, the tiny project for the
-study's."""
+off by the study and `exp show`'s wrapper (`compare`'s: test_long_use.py); a Ctrl-C meant for
+the study leaves its queue start alone. Against a real DVC queue: a one-line pipeline (`cp`) for
+the queue's own behaviour, the tiny project for the study's."""
 
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -195,6 +196,34 @@ def test_the_queue_reader_repairs_too(toy):
     assert f"Invalid experiment '{rev[:7]}'" in toy.dvc("queue", "status").stderr
     assert dvcqueue.queue_tasks(toy.repo) == {}
     assert not (toy.repo / dvcqueue.LOGS_DIR / rev).exists()  # the rest of its folder, too
+
+
+CTRL_C_DURING_START = """
+import signal, sys
+from pathlib import Path
+from normbench.dvcqueue import start_queue
+signal.signal(signal.SIGINT, lambda *a: print("the study saw Ctrl-C", flush=True))  # as follow
+print("starting", flush=True)
+start_queue(Path("."), 1)
+print("started", flush=True)
+"""
+
+
+def test_a_ctrl_c_meant_for_the_study_does_not_fail_its_queue_start(toy):
+    """A terminal's Ctrl-C reaches the study's process group; the study handles it after its
+    poll, in which its watch may be restarting the queue: `dvc queue start` must not die of it,
+    or the study fails ("`dvc queue start` failed ... run it by hand") instead of stopping."""
+    toy.queue("e1", 1)
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_DURING_START], cwd=toy.repo,
+                            env={**dvc_env(), "PYTHONPATH": str(ROOT / "src")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "starting"
+    time.sleep(0.3)  # `dvc queue start` is importing DVC
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and out.splitlines() == ["the study saw Ctrl-C", "started"], out
+    toy.wait_for("e1 done", lambda: toy.status() == {"e1": "Success"})
 
 
 def test_the_kept_count_is_a_whole_number(monkeypatch):

@@ -18,10 +18,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from normbench.registry import ConfigError
 from normbench.runstate import Experiment, follow, head_commit
+
+if TYPE_CHECKING:
+    from dvc.repo.experiments.queue.celery import LocalCeleryQueue
 
 _STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
 _EPOCHS = re.compile(r"^\S+: norm=.* weights=.* epochs=(\d+)", re.M)  # norm may have spaces
@@ -122,7 +125,9 @@ def start_queue(repo: Path, jobs: int) -> None:
     """`dvc queue start -j <jobs>`, each worker on its own share of the CPU cores.
 
     No pipes: the workers it starts would hold them open, and this call would wait for the
-    workers to exit, which with several workers does not always happen.
+    workers to exit, which with several workers does not always happen. A session of its own:
+    a Ctrl-C in the terminal is the study's to handle (it stops its experiments), and would
+    make `dvc queue start` fail half-way.
     """
     threads = max(1, usable_cores() // jobs)  # torch would take every core in each
     limit = os.environ.get("OMP_NUM_THREADS", "")
@@ -130,7 +135,8 @@ def start_queue(repo: Path, jobs: int) -> None:
         threads = min(threads, int(limit))
     started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
                              env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     if started.returncode != 0:
         raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
 
@@ -228,9 +234,9 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     done = dict.fromkeys(sorted(ended), "done")
     if not names:
         return done
-    start_queue(repo, jobs)
     watch = Watch(repo, names, jobs)
     try:
+        start_queue(repo, jobs)
         follow(watch.poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
@@ -335,7 +341,7 @@ def prune_logs(repo: Path, keep: int | None = None) -> list[str]:
         return _take_off(queue, set(done[keep:]))
 
 
-def _ended_at(queue, rev: str) -> int:
+def _ended_at(queue: LocalCeleryQueue, rev: str) -> int:
     """When a task ended (ns): its record is rewritten last, as its worker cleans up."""
     try:
         return os.stat(queue.get_infofile_path(rev)).st_mtime_ns
@@ -359,7 +365,7 @@ def repair(repo: Path) -> list[str]:
         return _repair(dvc_repo.experiments.celery_queue)
 
 
-def _repair(queue) -> list[str]:
+def _repair(queue: LocalCeleryQueue) -> list[str]:
     from celery.result import AsyncResult
 
     broken = {entry.stash_rev for msg, entry in list(queue._iter_processed())
@@ -373,7 +379,7 @@ def _repair(queue) -> list[str]:
     return [rev[:7] for rev in gone]
 
 
-def _take_off(queue, revs: set[str]) -> list[str]:
+def _take_off(queue: LocalCeleryQueue, revs: set[str]) -> list[str]:
     """Take the ended tasks ``revs`` off DVC's queue, and their folders off the disk; the
     revisions taken off.
 
