@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 STEPS = 30
 KEEP = 1  # successful queue tasks kept (NORMBENCH_KEEP_LOGS): the sequence queues far more
 # What a user does next, and how often (weights): `make study`, the study's executor alone,
-# `dvc exp remove -A`, `dvc exp run` in the workspace, Ctrl-C or SIGKILL of `make study`.
+# `dvc exp remove -A`, `dvc exp run` in the workspace, Ctrl-C or SIGKILL of either study.
 ACTIONS = {"study": 1, "executor": 3, "remove": 1.5, "workspace": 1, "ctrl-c": 1.5, "kill": 1.5}
 STOPPED_STUDY = 1 / 3  # Ctrl-C or SIGKILL stop `make study` this often, else its executor
 # The norms of a study, seed 223: two experiments in all (the name is the params' hash), the
@@ -101,6 +101,14 @@ def dvc_retrying(repo: Path, *args: str) -> str:
         time.sleep(1)
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def interrupt(repo: Path, rng: random.Random, sig: signal.Signals) -> str:
     """`make study` or its executor stopped ``delay`` s after the ``line``-th line it prints:
     Ctrl-C reaches its process group, as in a terminal; SIGKILL the study alone, as `kill -9`
@@ -126,6 +134,12 @@ def interrupt(repo: Path, rng: random.Random, sig: signal.Signals) -> str:
                 sent = "sent"
             break
     rest = finish(proc, f"{sig.name} study")
+    # What it had started goes on in its process group (`dvc exp run --queue`: the experiment
+    # is queued all the same, as after a user's kill); the next step starts when it has ended.
+    deadline = time.monotonic() + 120
+    while group_alive(proc.pid):
+        assert time.monotonic() < deadline, f"{sig.name} study: its children never ended"
+        time.sleep(0.2)
     return (f"{sig.name} {delay:.1f} s after line {line} of {'a study' if whole else 'an executor'}"
             f" of {' '.join(norms)} ({sent}): exit {proc.returncode}\n" + "".join(seen) + rest)
 
