@@ -22,8 +22,11 @@ $(PLOTS_PAGE): $(STAMP) src/normbench/plots_page.py
 
 setup: $(STAMP) $(PLOTS_PAGE)
 
+# Ends by saying whether this machine reproduced the committed dvc.lock, and if not, what to
+# compare against instead (normbench.reproduction).
 repro: setup
 	dvc repro
+	PYTHONPATH=src python -m normbench.reproduction
 
 # Debian packages the tests drive for real: a headless browser (the HTML pages) and a one-node
 # Slurm (the cluster launcher). Installed when missing and apt-get can be used (root); otherwise
@@ -62,7 +65,7 @@ compare: setup
 	PYTHONPATH=src python -m normbench.compare
 
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
-#   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5"
+#   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5 6 7 8 9 10"
 #   BASELINE=dataset (the norm each other norm is compared with, under the same weights)
 #   WEIGHTS=pretrained PRETRAIN_NORMS="dataset minmax" NORMS="pretraining dataset minmax" (the
 #   mismatch study: the pipeline's own pretraining under each norm, fine-tuned under each norm)
@@ -73,7 +76,9 @@ NORMS ?= dataset imagenet instance minmax none
 BASELINE ?= dataset
 PRETRAIN_NORMS ?= dataset
 WEIGHTS ?= scratch
-SEEDS ?= 1 2 3 4 5
+# 10: a verdict on the default page (8 comparisons) needs 9 seeds, the exact sign-flip test's
+# floor 2/2^n below 0.05 / 8 (docs/statistics.md, How many seeds).
+SEEDS ?= 1 2 3 4 5 6 7 8 9 10
 SET ?=
 JOBS ?= auto
 EXECUTOR ?= local

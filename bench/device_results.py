@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from normbench.gpushare import BENCH_RESULTS as RESULTS, slug  # noqa: F401 (declared there)
 
 
 def device_label(device: torch.device) -> str:
@@ -23,11 +21,6 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def slug(label: str) -> str:
-    """A device label as a file name: ``nvidia-h100-80gb-hbm3``."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower()
 
 
 def provenance(script: str) -> dict:

@@ -32,6 +32,8 @@ def main() -> None:
     run("git", "--version")
     run("git", "log", "-1", "--format=commit %h %s")  # fails, and says so, without a repository
     run(sys.executable, "-m", "pip", "check")
+    mps = shutil.which("nvidia-cuda-mps-control")
+    print(f"CUDA MPS control: {mps or 'not installed (the -mps queue steps run without MPS)'}")
     print(f"python {platform.python_version()} on {platform.machine()}, "
           f"{len(os.sched_getaffinity(0))} usable cores of {os.cpu_count()}")
     for package in ("torch", "torchvision", "numpy", "dvc", "dvclive", "pytest"):

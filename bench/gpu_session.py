@@ -2,17 +2,22 @@
 
 Runs each step below in order as its own process, with its output in
 bench/results/gpu-session/<step>.log. A step that finishes is marked <step>.done and is not run
-again; one that fails is marked <step>.failed and skipped until --retry-failed; one cut off by
-the time budget (--budget, seconds) leaves no mark, so the next run starts there. Every step's
-numbers land in bench/results/ (the scripts' own .jsonl/.md files), so the folder can be
-committed and a later session, on a fresh machine, resumes where this one stopped.
+again; one that fails is marked <step>.failed and skipped until --retry-failed; one cut off (by
+its own time cap or by the run's --budget, seconds) leaves no mark, so the next run starts
+there. Every step's numbers land in bench/results/ (the scripts' own .jsonl/.md files), so the
+folder can be committed and a later session, on a fresh machine, resumes where this one stopped.
 
 Fitted to the lent machine (bench/README.md): one call runs at most 600 s, so the default budget
 is 540 s; only what is under $OUT comes back, so with --out the whole bench/results/ is packed
-there after every step (a call killed at its limit keeps what its finished steps wrote). The
-steps are in order of value, so that the first call alone gives the headline. A step that needs
-what this machine lacks (git with a commit, dvc) is skipped and left unmarked; without CUDA the
-run stops at the first step that needs it.
+there after every step (a call killed at its limit keeps what its finished steps wrote), with
+the compile cache the steps built (normbench.compile_cache), one archive per model, so that the
+next machine can start warm (--cache-in). The steps are in order of value, each capped in time,
+and every speed step caps its loops' warm-up (bench/train_speed.py --warmup-cap): the first call
+alone gives the reference, captured and fast rows of resnet18 and densenet121 at 32 px, then
+`pytest -m gpu`. Every step gets an empty inductor cache of its own: its warm-up is what a fresh
+machine with this session's compile cache gets. A step that needs what this machine lacks (git
+with a commit, dvc) is skipped and left unmarked; without CUDA the run stops at the first step
+that needs it.
 
 Use bench/gpu_session.sh on the GPU machine: it adds what the machine lacks (dvc, dvclive) from
 wheels in .whl/ first. `--list` prints the steps and their state without running anything.
@@ -29,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -39,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SESSION = RESULTS / "gpu-session"
 PY = sys.executable
+sys.path.insert(0, str(ROOT / "src"))
+from normbench.compile_cache import CACHE_DIR, CACHE_ENV  # noqa: E402
 
 # The seed study's models; 64 px is Tiny-ImageNet's size.
 MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
@@ -52,8 +60,16 @@ CELL_EPOCHS = {"resnet18": 30, "resnet50": 8, "densenet121": 8, "densenet161": 4
 # A cut-off step gets this long (s) between SIGTERM and SIGKILL: short, so that a step cut at
 # the budget still leaves the call time to pack its results before the call's own limit.
 GRACE_S = 10.0
-# What the device tool returns of each file under $OUT.
+# What the device tool returns from $OUT: files of at most 16 MiB, 8 files, 64 MiB in all.
 OUT_FILE_LIMIT_MIB = 16
+OUT_FILES, OUT_TOTAL_MIB = 8, 64
+# The headline steps' warm-up caps (s): a loop compiling longer is cut and its row says so, so
+# that both headline models' rows and the CUDA tests fit one 540 s call from a cold start.
+WARMUP_CAP_S = {"resnet18": 60, "densenet121": 110}
+# Speed steps: seconds of timed training per loop (three windows), and train images per epoch
+# at 32 px (densenet121's seed-style loop takes ~6 s per 25,000 images: half as many).
+SPEED_SECONDS = 6
+SPEED_IMAGES = {"densenet121": 12_500, "densenet161": 12_500}
 # What a step may need beyond python and torch (``missing`` checks each).
 REQUIREMENTS = ("cuda", "git", "dvc")
 
@@ -65,59 +81,73 @@ class Step:
     why: str  # which point of the measurement it answers
     needs: tuple[str, ...] = ("cuda",)  # names in REQUIREMENTS
     env: tuple[tuple[str, str], ...] = ()  # environment variables set for this step only
+    cap_s: float = 600.0  # the most this step may run (s), whatever budget is left
 
 
-def cores() -> int:
-    """CPU cores this process may use (a container's share, not the host's count)."""
-    return len(os.sched_getaffinity(0))
-
-
-def speed(model: str, size: int, *loops: str) -> tuple[str, ...]:
-    # Half of CIFAR's images per epoch at 32 px and the same pixels at 64 px: hundreds of steps
-    # per timed epoch, and the three loops of densenet161 at 64 px within a few minutes.
-    images = 25_000 * 32 * 32 // (size * size)
+def speed(model: str, size: int, *loops: str, warmup_cap: float | None = None,
+          seconds: float = SPEED_SECONDS) -> tuple[str, ...]:
+    # Half of CIFAR's images per epoch at 32 px (densenets: a quarter) and the same pixels at
+    # 64 px: hundreds of steps per timed epoch.
+    images = SPEED_IMAGES.get(model, 25_000) * 32 * 32 // (size * size)
     return (PY, "bench/train_speed.py", "--models", model, "--size", str(size),
             "--images", str(images), "--test-images", str(images // 5),
-            *(("--loops", *loops) if loops else ()))
+            "--seconds", str(seconds),
+            *(("--loops", *loops) if loops else ()),
+            *(("--warmup-cap", str(warmup_cap)) if warmup_cap else ()))
 
 
-def queue(name: str, model: str, jobs: int, why: str) -> Step:
+def queue(name: str, model: str, jobs: int, why: str, mps: bool = False,
+          cap_s: float = 600.0) -> Step:
+    # queue_speed.py runs the cells as a study does (normbench.gpushare.sharing): each its
+    # share of inductor's compile workers, MPS with --mps.
     argv = (PY, "bench/queue_speed.py", "--jobs", str(jobs), "--model", model, *CELL_DATA,
-            "--set", f"train.epochs={CELL_EPOCHS[model]}")
-    # Each cell's inductor compiles with one worker per core by default: N cells at once would
-    # start N x cores compile workers. Their share of the cores each, as OMP_NUM_THREADS is.
-    threads = str(max(1, cores() // jobs))
-    return Step(name, argv, why, ("cuda", "git", "dvc"),
-                (("TORCHINDUCTOR_COMPILE_THREADS", threads),))
+            "--set", f"train.epochs={CELL_EPOCHS[model]}", *(("--mps",) if mps else ()))
+    return Step(name, argv, why, ("cuda", "git", "dvc"), cap_s=cap_s)
 
 
 def steps() -> list[Step]:
     """In order of value: the first call alone gives the headline (the machine, then resnet18
-    and densenet121 fast vs seed-style at 32 px), then the CUDA tests, then the rest."""
+    and densenet121 at 32 px: seed-style, captured and fast, warm-ups capped), then the CUDA
+    tests, then warm starts from the compile cache, then the rest. Caps in seconds."""
     rest = [m for m in MODELS if m not in HEADLINE]
+    headline_caps = {"resnet18": 150, "densenet121": 220}
     return [
         Step("env", (PY, "bench/gpu_env.py"), "the machine, its driver and the versions used",
-             needs=()),
-        *[Step(f"speed-32-{m}", speed(m, 32, "reference", "fast"),
-               "2: img/s, fast vs seed-style, 32 px (the headline)") for m in HEADLINE],
-        Step("gpu-tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"),
-             "1, 3: CUDA checks of the fast path and the placement of two processes"),
-        *[Step(f"speed-32-{m}", speed(m, 32), "2: img/s, seed-style vs plain vs fast, 32 px")
-          for m in rest],
-        *[Step(f"plain-32-{m}", speed(m, 32, "plain"), "2: img/s of the plain loop, 32 px")
-          for m in HEADLINE],
-        *[queue(f"cell-{m}", m, 1, "1, 4: a real cell through DVC; -j 1 baseline")
+             needs=(), cap_s=60),
+        # fast before captured: a capture that fails can leave the CUDA context unusable.
+        *[Step(f"speed-32-{m}", speed(m, 32, "reference", "fast", "captured",
+                                      warmup_cap=WARMUP_CAP_S[m]),
+               "1, 2: img/s, captured and fast vs seed-style, 32 px (the headline)",
+               cap_s=headline_caps[m]) for m in HEADLINE],
+        Step("gpu-tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "-rA", "--durations=0"),
+             "3: CUDA checks: two graphs, padded eval, captured = uncaptured, placement",
+             cap_s=300),
+        # A fresh process with an empty inductor cache: what the next cell, or the next
+        # machine, gets from the compile cache. No warm-up cap: a model the headline step cut
+        # off compiles here to the end, so the next machine has its cache.
+        *[Step(f"warm-32-{m}", speed(m, 32, "fast", seconds=3),
+               "2: the fast loop's warm-up from the compile cache (cold if the cache lacks it)",
+               cap_s=400) for m in HEADLINE],
+        *[Step(f"speed-32-{m}", speed(m, 32, "reference", "fast", "captured", warmup_cap=300),
+               "1, 5: img/s, seed-style vs captured vs fast, 32 px", cap_s=450) for m in rest],
+        *[Step(f"plain-32-{m}", speed(m, 32, "plain"), "1: img/s of the plain loop, 32 px",
+               cap_s=120) for m in HEADLINE],
+        *[queue(f"cell-{m}", m, 1, "3, 4: a real cell through DVC; -j 1 baseline")
           for m in MODELS],
         *[Step(f"parity-{d}", (PY, "bench/parity.py", "--dataset", d, "--seeds", "1", "2", "3",
                                "4", "5"), "3: fast vs plain fp32 accuracy, 5 seeds")
           for d in ("shapes", "digits")],
-        *[queue(f"queue-resnet18-j{n}", "resnet18", n, "4: cells per GPU") for n in (2, 4, 8)],
-        *[Step(f"speed-64-{m}", speed(m, 64), "2, 5: img/s at 64 px (Tiny-ImageNet)")
-          for m in MODELS],
+        # cell-resnet18 is -j 1 without MPS.
+        *[queue(f"queue-resnet18-j{n}{'-mps' if mps else ''}", "resnet18", n,
+                "4: cells per GPU" + (", MPS" if mps else ""), mps=mps)
+          for n in (1, 2, 4, 8) for mps in (False, True) if n > 1 or mps],
+        *[Step(f"speed-64-{m}", speed(m, 64, warmup_cap=300), "2, 5: img/s at 64 px "
+               "(Tiny-ImageNet)", cap_s=500) for m in MODELS],
         *[queue(f"queue-densenet121-j{n}", "densenet121", n, "4: cells per GPU")
           for n in (2, 4)],
         Step("grid-cost", (PY, "bench/grid_cost.py"),
-             "5: GPU-hours of the seed grid and the mismatch recipe", needs=()),
+             "5: GPU-hours of the seed grid and the mismatch recipe", needs=(), cap_s=60),
     ]
 
 
@@ -157,15 +187,20 @@ def run_step(step: Step, folder: Path, seconds: float) -> str:
     """Run one step with its output in <step>.log: "done", "failed" or "cut off"."""
     log = folder / f"{step.name}.log"
     start = time.time()
+    limit = min(seconds, step.cap_s)
+    # torch's own compile caches empty for every step: what it does not compile comes from the
+    # compile cache (normbench.compile_cache), as on a fresh machine.
+    inductor = Path(tempfile.mkdtemp(prefix=f"inductor-{step.name}-"))
     with log.open("a") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(step.argv)}\n")
         out.flush()
         # A session of its own, so a cut-off step is stopped with everything it started.
         proc = subprocess.Popen(step.argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(step.env)})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                     "TORCHINDUCTOR_CACHE_DIR": str(inductor), **dict(step.env)})
         try:
-            rc = proc.wait(timeout=seconds)
+            rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -173,8 +208,11 @@ def run_step(step: Step, folder: Path, seconds: float) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            out.write(f"=== cut off after {time.time() - start:.0f} s (time budget)\n")
+            why = "its cap" if limit == step.cap_s else "time budget"
+            out.write(f"=== cut off after {time.time() - start:.0f} s ({why})\n")
             return "cut off"
+        finally:
+            shutil.rmtree(inductor, ignore_errors=True)
     outcome = "done" if rc == 0 else "failed"
     (folder / f"{step.name}.{outcome}").write_text(json.dumps(
         {"seconds": round(time.time() - start, 1), "exit_code": rc,
@@ -252,10 +290,75 @@ def publish(out: Path, folders: list[Path]) -> Path:
     return archive
 
 
+def take_cache_in(source: Path, cache: Path) -> list[str]:
+    """Copy a carried compile cache into this session's: its files (``*.bin`` with their
+    ``*.json`` records) and the archives publish_cache writes (``compile-cache-*.tar.gz``),
+    unpacked. Returns what was taken."""
+    if not source.is_dir():
+        return []
+    cache.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for path in sorted(source.iterdir()):
+        if path.suffix in (".bin", ".json") and path.resolve().parent != cache.resolve():
+            shutil.copy2(path, cache / path.name)
+            taken.append(path.name)
+        elif path.name.startswith("compile-cache-") and path.name.endswith(".tar.gz"):
+            with tarfile.open(path) as tar:
+                members = [m for m in tar.getmembers()
+                           if m.isfile() and Path(m.name).suffix in (".bin", ".json")]
+                for member in members:
+                    member.name = Path(member.name).name  # flat, never outside the folder
+                tar.extractall(cache, members=members)
+            taken.append(path.name)
+    return taken
+
+
+def cache_groups(cache: Path) -> dict[str, list[Path]]:
+    """The compile cache's files by model: a record's label (bench/train_speed.py names its
+    model) or else its architecture; seed models first, in MODELS order."""
+    groups: dict[str, list[Path]] = {}
+    for record in sorted(cache.glob("*.json")):
+        binary = record.with_suffix(".bin")
+        if binary.is_file():
+            key = json.loads(record.read_text())
+            name = key.get("label") or key["model"].replace(":", "-")
+            groups.setdefault(name, []).extend([binary, record])
+    order = {m: i for i, m in enumerate(MODELS)}
+    return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def publish_cache(out: Path, cache: Path) -> list[str]:
+    """Pack the compile cache into ``out`` as one ``compile-cache-<model>.tar.gz`` per model,
+    seed models first, while they fit what the device tool returns beside results.tar.gz and
+    STATUS.md (8 files, 16 MiB each, 64 MiB in all). Returns one line per model: kept or not."""
+    used = sum(p.stat().st_size for p in out.iterdir()
+               if p.is_file() and not p.name.startswith("compile-cache-")) / 2**20
+    files_left, room = OUT_FILES - 2, OUT_TOTAL_MIB - used
+    for stale in out.glob("compile-cache-*"):
+        stale.unlink()
+    lines = []
+    for model, paths in cache_groups(cache).items():
+        archive = out / f"compile-cache-{model}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in paths:
+                tar.add(path, arcname=path.name)
+        mib = archive.stat().st_size / 2**20
+        if mib > OUT_FILE_LIMIT_MIB or mib > room or files_left == 0:
+            archive.unlink()
+            lines.append(f"- {model}: {mib:.1f} MiB packed, NOT kept (over what comes back: "
+                         f"{OUT_FILE_LIMIT_MIB} MiB a file, {room:.1f} MiB and {files_left} "
+                         "files left)")
+            continue
+        room, files_left = room - mib, files_left - 1
+        lines.append(f"- {model}: kept, {archive.name}, {mib:.1f} MiB ({len(paths) // 2} graph "
+                     "sets)")
+    return lines
+
+
 def checkpoint(report: Report, todo: list[Step], folder: Path, out: Path | None,
-               folders: list[Path]) -> str:
+               folders: list[Path], cache: Path | None = None) -> str:
     """Write STATUS.md (the steps not yet reached as their marks say) and, with ``out``, copy
-    it and the results there. Returns the status table."""
+    it, the results and the compile cache there. Returns the status table."""
     rest = [(step, state(step, folder)) for step in todo[len(report):]]
     table = status_table(report + rest, folder)
     status = folder / "STATUS.md"
@@ -263,6 +366,12 @@ def checkpoint(report: Report, todo: list[Step], folder: Path, out: Path | None,
     if out is not None:
         publish(out, folders)
         shutil.copy(status, out / "STATUS.md")
+        if cache is not None and cache.is_dir():
+            kept = publish_cache(out, cache)
+            with status.open("a") as f:
+                f.write("\n## Compile cache (take it in next time with --cache-in)\n\n"
+                        + ("\n".join(kept) or "- empty") + "\n")
+            shutil.copy(status, out / "STATUS.md")
     return table
 
 
@@ -277,6 +386,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", help="step names to consider (default: all)")
     ap.add_argument("--list", action="store_true", help="print the steps and their state")
     ap.add_argument("--folder", type=Path, default=SESSION, help="where logs and marks go")
+    ap.add_argument("--cache-in", type=Path, metavar="FOLDER",
+                    help="a compile cache to start from: the compile-cache-*.tar.gz files an "
+                         "earlier run left in its --out, or a cache folder's *.bin and *.json")
     args = ap.parse_args()
 
     todo = steps()
@@ -291,7 +403,17 @@ def main() -> None:
         return
     folder = args.folder.resolve()
     folders = [RESULTS] if folder.is_relative_to(RESULTS) else [RESULTS, folder]
-    save = functools.partial(checkpoint, todo=todo, folder=folder, out=args.out, folders=folders)
+    # Every step's cells and loops share one compile cache, at an absolute path (the DVC steps
+    # run in clones and in DVC's temporary workspaces).
+    os.environ.setdefault(CACHE_ENV, str((ROOT / CACHE_DIR).resolve()))
+    cache = Path(os.environ[CACHE_ENV])
+    if args.cache_in is not None:
+        taken = take_cache_in(args.cache_in, cache)
+        print(f"compile cache: {len(taken)} files taken in from {args.cache_in}"
+              if taken else f"compile cache: nothing in {args.cache_in}: starting cold",
+              flush=True)
+    save = functools.partial(checkpoint, todo=todo, folder=folder, out=args.out, folders=folders,
+                             cache=cache)
     report = run_steps(todo, folder, args.budget, args.retry_failed,
                        unmet=functools.cache(missing), after_step=save)
     print("\n" + save(report), end="")

@@ -21,11 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from device_results import RESULTS, device_label, read_rows, slug  # noqa: E402
 from normbench.config import resolve_device  # noqa: E402
+from normbench.gpushare import best_per_model  # noqa: E402
 
 GRID_MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
-# (train images, test images, side in px) per dataset of the seed study.
-GRID_DATASETS = {"cifar10": (50_000, 10_000, 32), "cifar100": (50_000, 10_000, 32),
-                 "svhn": (73_257, 26_032, 32), "tiny_imagenet_200": (100_000, 10_000, 64)}
+# (train images, test images, side in px, classes) per dataset of the seed study.
+GRID_DATASETS = {"cifar10": (50_000, 10_000, 32, 10), "cifar100": (50_000, 10_000, 32, 100),
+                 "svhn": (73_257, 26_032, 32, 10), "tiny_imagenet_200": (100_000, 10_000, 64, 200)}
 GRID_SETTINGS, GRID_EPOCHS = 4, 100
 
 
@@ -48,58 +49,69 @@ RECIPE = [Work("tiny_imagenet_200", RECIPE_PRETRAIN_NORMS, GRID_EPOCHS)] + [
     for d in ("cifar10", "cifar100", "svhn")]
 
 
+def compiles(row: dict) -> bool:
+    """Whether a loop's warm-up is a torch.compile, which the compile cache saves for the next
+    cell of the same model and shape (the captured step is captured anew in every process)."""
+    return row.get("compile") not in (None, "none", "captured")
+
+
 def grid_hours(rows: list[dict], loop: str, cells_per_gpu: dict[str, float] | None = None,
                grid: list[Work] = SEED_GRID) -> tuple[float, list[str]] | None:
     """GPU-hours of ``grid`` (per model) at ``loop``'s rates, and the assumptions made; None if
     unmeasured.
 
-    A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels); each cell pays
-    its warm-up twice (full and last partial batch each get a graph). ``cells_per_gpu`` divides
-    a model's 32 px cells by its measured queue speed-up; 64 px cells keep one cell per GPU,
-    since their larger steps leave the GPU less idle and no speed-up was measured for them.
+    A 64 px rate that was not measured is the 32 px rate / 4 (cost ~ pixels). A compiling loop
+    pays a cold warm-up once per model and shape (image side and classes: one compile-cache
+    key, normbench.compile_cache) and a warm start per cell; where no warm start was measured,
+    every cell pays the cold one. Any other loop pays its warm-up per cell. ``cells_per_gpu``
+    divides a model's 32 px cells by its measured queue speed-up; 64 px cells keep one cell per
+    GPU, since their larger steps leave the GPU less idle and no speed-up was measured for them.
     """
-    rates = {(r["model"], r["size"]): r for r in rows if r["loop"] == loop}
+    mine = [r for r in rows if r["loop"] == loop and r.get("train_img_s")]  # capped: no rate
+    rates = {(r["model"], r["size"]): r for r in mine}
+    cold = {(r["model"], r["size"]): r["warmup_s"] for r in mine if r.get("cache") != "warm"}
+    warm = {(r["model"], r["size"]): r["warmup_s"] for r in mine if r.get("cache") == "warm"}
     hours, notes = 0.0, []
     for model in GRID_MODELS:
+        compiled: set[tuple[int, int]] = set()
         for work in grid:
-            n_train, n_test, size = GRID_DATASETS[work.dataset]
-            r, scale = rates.get((model, size)), 1.0
-            if r is None and (model, 32) in rates:
-                r, scale = rates[(model, 32)], (32 / size) ** 2
+            n_train, n_test, size, classes = GRID_DATASETS[work.dataset]
+            measured, scale = (model, size), 1.0
+            if measured not in rates and (model, 32) in rates:
+                measured, scale = (model, 32), (32 / size) ** 2
                 notes.append(f"{model} {size} px scaled from 32 px")
-            if r is None:
+            if measured not in rates:
                 return None
+            r = rates[measured]
             per_epoch = n_train / (r["train_img_s"] * scale) + n_test / (r["eval_img_s"] * scale)
-            seconds = work.cells * ((work.epochs + 1) * per_epoch + 2 * r["warmup_s"])
+            start = r["warmup_s"]
+            first = 0.0
+            if compiles(r):
+                start = warm.get(measured, cold.get(measured, r["warmup_s"]))
+                if measured not in warm:
+                    notes.append(f"{model}: no warm start measured, every cell pays the cold one")
+                if (size, classes) not in compiled:  # the first cell of this shape compiles
+                    compiled.add((size, classes))
+                    first = cold.get(measured, r["warmup_s"])
+            seconds = work.cells * ((work.epochs + 1) * per_epoch + start)
             speedup = (cells_per_gpu or {}).get(model, 1.0) if size == 32 else 1.0
-            hours += seconds / speedup / 3600
+            hours += (seconds / speedup + first) / 3600
     return hours, sorted(set(notes))
 
 
 def queue_speedups(rows: list[dict]) -> dict[str, tuple[int, float]]:
-    """Per model, the job count with the best aggregate rate and its ratio to -j 1.
-
-    Only rows of the model's newest workload are compared: another workload's -j 1 is no base.
-    """
-    best: dict[str, tuple[int, float]] = {}
-    for model in {r["model"] for r in rows}:
-        mine = [r for r in rows if r["model"] == model]
-        latest = {r["jobs"]: r for r in mine  # the newest row per job count
-                  if r.get("workload") == mine[-1].get("workload")}
-        if 1 not in latest:
-            continue
-        jobs, row = max(latest.items(), key=lambda kv: kv[1]["aggregate_img_s"])
-        best[model] = (jobs, row["aggregate_img_s"] / latest[1]["aggregate_img_s"])
-    return best
+    """Per model, the job count with the best aggregate rate and its ratio to -j 1 (with or
+    without MPS, as normbench.gpushare chooses for a study)."""
+    return {model: (jobs, ratio) for model, (ratio, jobs, _) in best_per_model(rows).items()}
 
 
 def summary(speed_rows: list[dict], queue_rows: list[dict]) -> str:
-    latest = {(r["model"], r["size"], r["loop"]): r for r in speed_rows}
-    rows = list(latest.values())
+    rows = speed_rows  # all of them: a cold and a warm start of the same loop both count
     speedups = queue_speedups(queue_rows)
     estimates = [("seed-style loop, one cell per GPU", "reference", None),
                  ("normbench plain loop (fp32), one cell per GPU", "plain", None),
-                 ("normbench fast loop, one cell per GPU", "fast", None)]
+                 ("normbench fast loop, one cell per GPU", "fast", None),
+                 ("normbench captured step, one cell per GPU", "captured", None)]
     if speedups:
         shown = ", ".join(f"{m} -j {j} ({s:.2f}x)" for m, (j, s) in sorted(speedups.items()))
         estimates.append((f"normbench fast loop, several cells per GPU: {shown}", "fast",

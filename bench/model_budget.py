@@ -4,20 +4,25 @@ For each model: the train block with the model's ``per_model`` entry, from scrat
 target, then pretrained on the embedded source (the ``start.pretrained`` block, with the same
 ``per_model`` entry) and fine-tuned on each target: one seed, ``norm: dataset``, on this device,
 the training code of the train and start stages. Prints a row per model as it goes and writes
-bench/results/model-budget-<device>[-pretrained-only | -scratch-only].md: final test accuracy,
-chance, and whether the cell learned (one-sided binomial test against chance, as every cell's
-metrics say).
+bench/results/model-budget-<device>[-pretrained-only | -scratch-only][-sweep-<key>].md with two
+tables of final-epoch accuracy and whether the cell learned (one-sided binomial test against
+chance, as every cell's metrics say): on the validation split, what a choice of ``per_model``
+reads, and on the test split, the final numbers, which no choice reads.
+
+``--sweep KEY=V1,V2,...`` trains a row per value (e.g. ``per_model.vgg16.lr=0.001,0.0001``):
+the comparison a ``per_model`` entry is chosen from, on validation accuracy.
 
 A cell on 2 CPU cores takes from about a minute (resnet18) to 15 (vgg16); a pretraining about 3 to
 30 times as long as a cell on digits.
 
 Usage: python bench/model_budget.py [--models resnet18 vgg16] [--datasets digits shapes]
-       [--seed 1] [--no-pretrained] [--set key=value ...]
+       [--seed 1] [--no-pretrained] [--set key=value ...] [--sweep key=v1,v2,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -33,6 +38,8 @@ from normbench.datasets import build_dataset  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.pretrain import PretrainConfig, build_from_start, pretrain  # noqa: E402
+from normbench.registry import ConfigError  # noqa: E402
+from normbench.significance import ALPHA  # noqa: E402
 from normbench.stats import channel_stats  # noqa: E402
 from normbench.study import apply_sets  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
@@ -50,9 +57,22 @@ def cell(model: str, start: dict | None, arrays, cfg: TrainConfig, seed: int,
                       cfg, seed, device, speed=PLAIN).metrics()
 
 
-def shown(metrics: dict) -> str:
-    verdict = "" if metrics["learned"] else " (chance)"
-    return f"{metrics['final_acc'] * 100:.1f}{verdict}"
+def shown(metrics: dict, split: str) -> str:
+    """Final-epoch accuracy (%) on ``split`` (val | test), "(chance)" if not above chance."""
+    acc, p = ((metrics["val_acc"], metrics["val_above_chance_p"]) if split == "val"
+              else (metrics["final_acc"], metrics["above_chance_p"]))
+    return f"{acc * 100:.1f}{'' if p < ALPHA else ' (chance)'}"
+
+
+def sweep_values(sweep: str | None) -> tuple[str, list[str]]:
+    """``KEY=V1,V2`` -> (KEY, [V1, V2]); no sweep: one run of params.yaml as it is."""
+    if sweep is None:
+        return "", [""]
+    key, eq, values = sweep.partition("=")
+    if not eq or not key or not values:
+        raise ConfigError(f"--sweep {sweep!r} must look like key=v1,v2, "
+                          "e.g. per_model.vgg16.lr=0.001,0.0001")
+    return key, values.split(",")
 
 
 def main() -> None:
@@ -67,43 +87,59 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="params override, e.g. train.epochs=1 (repeatable)")
+    ap.add_argument("--sweep", help="a row per value of one param, e.g. "
+                    "per_model.vgg16.lr=0.001,0.0003,0.0001: what a per_model entry is chosen "
+                    "from (on validation accuracy)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder for the .md")
     args = ap.parse_args()
 
-    params = apply_sets(load_params(ROOT / "params.yaml"), args.sets)
+    base = apply_sets(load_params(ROOT / "params.yaml"), args.sets)
+    try:
+        key, values = sweep_values(args.sweep)
+    except ConfigError as e:
+        ap.error(str(e))
     device = resolve_device(args.device)
-    per_model = require(params, "per_model")
-    shared = TrainConfig.from_params(require(params, "train"))
-    pre = PretrainConfig.from_params(require(params, "start.pretrained"))
-    targets = {d: build_dataset(d, require(params, f"data.{d}")) for d in args.datasets}
-    starts = [] if args.no_pretrained else [f"pretrained on {pre.source}"]
+    targets = {d: build_dataset(d, require(base, f"data.{d}")) for d in args.datasets}
+    source = PretrainConfig.from_params(require(base, "start.pretrained")).source
+    starts = [] if args.no_pretrained else [f"pretrained on {source}"]
     name = device_label(device)
     scratch = [] if args.no_scratch else args.datasets
     part = "-pretrained-only" if args.no_scratch else "-scratch-only" if args.no_pretrained else ""
+    part += f"-sweep-{slug(key)}" if key else ""
     header = (["model", "budget"] + [f"{d}, scratch" for d in scratch]
-              + ([f"{pre.source} (source)"] + [f"{d}, {starts[0]}" for d in args.datasets]
+              + ([f"{source} (source)"] + [f"{d}, {starts[0]}" for d in args.datasets]
                  if starts else []))
-    lines = [f"# Does every model learn on the embedded data? ({name})", "",
+    intro = [f"# Does every model learn on the embedded data? ({name})", "",
              f"`python bench/model_budget.py {' '.join(sys.argv[1:])}`".replace("  ", " ")
              + f" ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}); seed {args.seed}, "
-             f"norm dataset, final test accuracy (%), (chance): not above chance (binomial "
-             f"p >= 0.05).", "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
-    print(lines[2], flush=True)
+             f"norm dataset, final-epoch accuracy (%), (chance): not above chance (binomial "
+             f"p >= {ALPHA}).", ""]
+    tables = {split: [f"## {title}", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]
+              for split, title in (("val", "Validation accuracy: what a choice reads"),
+                                   ("test", "Test accuracy: final numbers, read by no choice"))}
+    print(intro[2], flush=True)
     for model in args.models:
-        cfg = shared.for_model(per_model, model)
-        row = [model, f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs"]
-        row += [shown(cell(model, None, targets[d], cfg, args.seed, device))
-                for d in scratch]
-        if starts:
-            start = pretrain(model, pre, device, PLAIN, per_model=per_model)
-            row.append(shown(start["metrics"]))
-            row += [shown(cell(model, start, targets[d], cfg, args.seed, device))
-                    for d in args.datasets]
-        lines.append("| " + " | ".join(row) + " |")
-        print(lines[-1], flush=True)
-        write(lines, args.results / f"model-budget-{slug(name)}{part}.md")  # kept as it ends
-    print("\n" + "\n".join(lines))
+        for value in values:
+            params = apply_sets(copy.deepcopy(base), [f"{key}={value}"] if key else [])
+            cfg = TrainConfig.from_params(require(params, "train")).for_model(
+                require(params, "per_model"), model)
+            pre = PretrainConfig.from_params(require(params, "start.pretrained"))
+            cells = [cell(model, None, targets[d], cfg, args.seed, device) for d in scratch]
+            if starts:
+                start = pretrain(model, pre, device, PLAIN, per_model=require(params, "per_model"))
+                cells.append(start["metrics"])
+                cells += [cell(model, start, targets[d], cfg, args.seed, device)
+                          for d in args.datasets]
+            budget = (f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs, "
+                      f"validation {cfg.val_fraction:g}")
+            for split, lines in tables.items():
+                lines.append("| " + " | ".join([model, budget] + [shown(m, split) for m in cells])
+                             + " |")
+                print(f"{split}: {lines[-1]}", flush=True)
+            write(intro + tables["val"] + [""] + tables["test"],
+                  args.results / f"model-budget-{slug(name)}{part}.md")  # kept as it ends
+    print("\n" + "\n".join(intro + tables["val"] + [""] + tables["test"]))
 
 
 def write(lines: list[str], out: Path) -> None:

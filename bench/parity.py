@@ -3,8 +3,9 @@
 Trains the same cells (one model x one dataset, several seeds, the train settings of params.yaml)
 twice on this device: with the plain fp32 eager loop and with the fast path (--amp/--compile,
 default: what `speed: auto` picks here). Prints each seed's best and final test accuracy, the
-mean and sample std per path, the difference of the means against the seed-to-seed std, and
-Welch's t-test; writes bench/results/parity-<device>.md.
+mean and sample std per path, the difference of the means against the seed-to-seed std, and the
+paired t-test over seeds with the smallest difference it could detect; writes
+bench/results/parity-<device>.md.
 
 The fast path passes when the difference of the means is within the seed-to-seed spread (the
 larger of the two stds), i.e. the speed settings move accuracy less than a change of seed does.
@@ -31,6 +32,7 @@ from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  #
 from normbench.datasets import DATASETS, build_dataset  # noqa: E402
 from normbench.models import MODELS, build_model  # noqa: E402
 from normbench.normalizations import NORMALIZATIONS  # noqa: E402
+from normbench.significance import detectable  # noqa: E402
 from normbench.stats import channel_stats  # noqa: E402
 from normbench.train import seed_everything, train_cell  # noqa: E402
 
@@ -97,10 +99,14 @@ def main() -> None:
                          f"{np.mean(results[path]['seconds']):.1f} |")
         a, b = np.array(results["plain"][metric]), np.array(results["fast"][metric])
         diff, spread = b.mean() - a.mean(), max(a.std(ddof=1), b.std(ddof=1))
-        p = scipy_stats.ttest_ind(a, b, equal_var=False).pvalue
+        # Paired over seeds: a seed gives both paths the same initialisation and batch order.
+        p = scipy_stats.ttest_rel(b, a).pvalue
+        se = (b - a).std(ddof=1) / np.sqrt(len(a))
+        smallest = detectable(se, len(a) - 1) if se > 0 else 0.0
         within = abs(diff) <= spread
         verdicts.append(f"- {metric}_acc: fast − plain = {diff:+.4f}; seed-to-seed std "
-                        f"{spread:.4f}; Welch p = {p:.3f}: "
+                        f"{spread:.4f}; paired t over {len(a)} seeds p = {p:.3f}, smallest "
+                        f"difference it detects (80 % power, alpha 0.05) {smallest:.4f}: "
                         + ("within the seed-to-seed spread" if within else
                            "LARGER than the seed-to-seed spread"))
     text = "\n".join(lines + [""] + verdicts) + "\n"

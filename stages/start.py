@@ -9,9 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.machine import pin_cpu  # noqa: E402
+
+pin_cpu()  # before torch starts: pretraining trains too (normbench.machine)
+
+import torch  # noqa: E402
 
 from normbench.config import SpeedConfig, load_params, require, resolve_device  # noqa: E402
 from normbench.io import atomic_path, run_main  # noqa: E402
@@ -33,14 +37,15 @@ def main() -> None:
     speed = SpeedConfig.from_params(require(params, "speed")).resolve(device)
 
     def on_epoch(record: dict) -> None:
-        print(f"  pretraining epoch {record['epoch']:3d}  source test_acc "
-              f"{record['test_acc']:.4f}", flush=True)
+        print(f"  pretraining epoch {record['epoch']:3d}  source val_acc "
+              f"{record['val_acc']:.4f}  test_acc {record['test_acc']:.4f}", flush=True)
 
     start = make_start(kind, model, require(params, f"start.{kind}"), mirror, device, speed,
                        on_epoch, require(params, "per_model"))
     with atomic_path(args.out) as tmp:
         torch.save(start, tmp)
-    done = (f", source {start['source']} final test_acc {start['metrics']['final_acc']:.4f}"
+    done = (f", source {start['source']} val_acc {start['metrics']['val_acc']:.4f}, final "
+            f"test_acc {start['metrics']['final_acc']:.4f}"
             if kind == "pretrained" else "")
     print(f"start@{model}: {kind}{done} -> {args.out}")
 

@@ -5,12 +5,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchvision
-from dvclive import Live
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+from normbench.machine import details, pin_cpu  # noqa: E402
+
+pin_cpu()  # before torch starts: threads, vector width, MKL branch (normbench.machine)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from dvclive import Live  # noqa: E402
 
 from normbench.arrays import load_arrays  # noqa: E402
 from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
@@ -79,8 +83,10 @@ def main() -> None:
                 if key != "epoch":
                     live.log_metric(key, value)
             live.next_step()  # dvclive's step == epoch: step 0 is the untrained model
+            # "epoch N  test_acc" first: make study's progress line reads it (dvcqueue.py).
             print(f"  epoch {record['epoch']:3d}  test_acc {record['test_acc']:.4f}  "
-                  f"test_loss {record['test_loss']:.4f}", flush=True)
+                  f"test_loss {record['test_loss']:.4f}  val_acc {record['val_acc']:.4f}",
+                  flush=True)
 
         recorder = WeightRecorder(model, MODELS[model_name].watched)
         result = train_cell(model, arrays, norm, stats, cfg, args.seed,
@@ -106,11 +112,12 @@ def main() -> None:
         }, tmp)
     write_json(args.metrics, metrics)  # metrics exist only for a finished cell
     timing = result.timing()
-    write_timing(cell, timing)  # not an output: it differs on every run (normbench.timing)
+    # not an output: it differs on every run (normbench.timing), as the machine's model may
+    write_timing(cell, {**timing, "machine": details(device)})
     learned = "" if result.learned else (f" (NOT above chance {metrics['chance_acc']:.3f}: "
                                          "no verdict will rest on this cell)")
-    print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, best_acc "
-          f"{metrics['best_acc']:.4f} at epoch {metrics['best_epoch']}, "
+    print(f"{cell}: final_acc {metrics['final_acc']:.4f}{learned}, val_acc "
+          f"{metrics['val_acc']:.4f} (best on validation: epoch {metrics['best_epoch']}), "
           f"{timing['images_per_s']:.0f} img/s")
 
 

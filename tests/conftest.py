@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
         1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# A cell that compiles saves its graphs in the compile cache (normbench.compile_cache): the tests'
+# go to a folder of this run, not the checkout's .compile-cache/. A caller's own folder is kept
+# (bench/gpu_session.py shares its cache with `pytest -m gpu`).
+os.environ.setdefault("NORMBENCH_COMPILE_CACHE", tempfile.mkdtemp(prefix="normbench-compile-"))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -106,7 +112,7 @@ def tiny_project(repo: Path) -> None:
         shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(models=["resnet18"], datasets=["shapes"], seeds=[223], device="cpu")
-    params["train"].update(epochs=1, batch_size=16)
+    params["train"].update(epochs=1, batch_size=16, val_fraction=0.2)  # 8 of 38 train images held out
     params["data"]["shapes"]["images_per_class"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "init", "-q")

@@ -20,10 +20,10 @@ def test_grid_estimate_adds_up_every_cell():
     hours, notes = grid.grid_hours(rows, "fast")
     # Per model: 3 datasets at 32 px and Tiny-ImageNet at 64 px (4x the pixels: rates / 4).
     per_model_s = 0.0
-    for n_train, n_test, size in grid.GRID_DATASETS.values():
+    for n_train, n_test, size, _ in grid.GRID_DATASETS.values():
         scale = (32 / size) ** 2
         epoch = n_train / (10_000 * scale) + n_test / (40_000 * scale)
-        per_model_s += 4 * (101 * epoch + 2 * 60)
+        per_model_s += 4 * (101 * epoch + 60)  # a loop that compiles nothing: warm-up per cell
     assert hours == pytest.approx(4 * per_model_s / 3600)
     assert notes == sorted(f"{m} 64 px scaled from 32 px" for m in grid.GRID_MODELS)
     assert grid.grid_hours(rows[:3], "fast") is None  # densenet161 missing: no estimate
@@ -33,9 +33,9 @@ def test_grid_estimate_adds_up_every_cell():
 def test_benchmark_times_both_loops_and_prints_the_ratio(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train_speed.py"), "--models", "resnet18",
-         "--images", "64", "--test-images", "32", "--batch", "32", "--seconds", "0.1",
+         "--images", "32", "--test-images", "16", "--batch", "16", "--seconds", "0.1",
          "--workers", "1", "--device", "cpu", "--results", str(tmp_path)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "resnet18     fast / reference:" in proc.stdout
     rows = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
@@ -51,14 +51,77 @@ def test_benchmark_times_both_loops_and_prints_the_ratio(tmp_path):
     assert "amp none, compile none, deterministic |" in table
 
 
+def test_the_benchmark_loop_builds_the_cells_two_graphs_in_the_cells_order(monkeypatch):
+    """bench/train_speed.py's normbench loop, on splits that divide by neither batch: eval graph
+    first (a cell evaluates before training), then train, both fixed, none compiled again."""
+    import argparse
+
+    import torch
+    from test_train import counting_compile, tiny_net
+
+    speed = importlib.import_module("train_speed")
+    backend = counting_compile(monkeypatch)
+    monkeypatch.setattr(speed, "build_model", lambda name, classes: tiny_net(classes))
+    data = speed.synthetic(40, 1100, 8)  # 16 + 16 + 8 to train; 1024 + 76 to evaluate
+    args = argparse.Namespace(batch=16, seconds=0.01, warmup_cap=None)
+    from normbench.config import SpeedConfig
+
+    rate = speed.project_rate("resnet18", data, SpeedConfig("none", "default", False), args,
+                              torch.device("cpu"))
+    assert backend.batch_shapes() == [(False, (1024, 3, 8, 8)), (True, (16, 3, 8, 8))]
+    assert backend.symbolic() == []
+    assert len(rate.windows["train"]) == len(rate.windows["eval"]) == 3
+    assert rate.train == sorted(rate.windows["train"])[1]  # the median window
+    assert rate.cache["compile_cache"] == "cold"
+
+
+def test_a_loop_past_its_warm_up_cap_writes_a_row_saying_so_and_the_next_loop_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_speed.py"), "--models", "resnet18",
+         "--images", "32", "--test-images", "16", "--batch", "16", "--seconds", "0.1",
+         "--device", "cpu", "--loops", "plain", "fast", "--warmup-cap", "0.05",
+         "--results", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert [(r["loop"], r["warmup_capped"]) for r in rows] == [("plain", True), ("fast", True)]
+    assert all(r["train_img_s"] is None and r["warmup_s"] >= 0.05 for r in rows)
+    assert proc.stdout.count("warm-up past its cap") == 2
+    assert "(capped: not measured)" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_a_compiled_loop_pays_a_cold_compile_once_per_model_and_shape_and_a_warm_start_per_cell():
+    grid = importlib.import_module("grid_cost")
+    base = {"size": 32, "loop": "fast", "compile": "reduce-overhead", "train_img_s": 10_000.0,
+            "eval_img_s": 40_000.0}
+    cold = [{**base, "model": m, "cache": "cold", "warmup_s": 200.0} for m in grid.GRID_MODELS]
+    warm = [{**base, "model": m, "cache": "warm", "warmup_s": 5.0} for m in grid.GRID_MODELS]
+    hours, notes = grid.grid_hours(cold + warm, "fast")
+    per_model_s = 0.0
+    for n_train, n_test, size, _ in grid.GRID_DATASETS.values():
+        scale = (32 / size) ** 2
+        epoch = n_train / (10_000 * scale) + n_test / (40_000 * scale)
+        per_model_s += 4 * (101 * epoch + 5.0)  # a warm start per cell
+    # Cold compiles: 32 px with 10 classes (cifar10, svhn share it), 100 classes, 64 px.
+    per_model_s += 3 * 200.0
+    assert hours == pytest.approx(4 * per_model_s / 3600)
+    assert not any("no warm start" in n for n in notes)
+    # Without a warm measurement every cell pays the cold warm-up, and the note says so.
+    only_cold, notes = grid.grid_hours(cold, "fast")
+    assert only_cold == pytest.approx(hours + 4 * (16 * 195.0) / 3600)
+    assert "resnet18: no warm start measured, every cell pays the cold one" in notes
+    # A loop stopped at its warm-up cap has no rate: the model is not measured.
+    capped = [{**r, "train_img_s": None} if r["model"] == "densenet121" else r for r in cold]
+    assert grid.grid_hours(capped, "fast") is None
+
+
 def test_the_mismatch_recipe_counts_its_pretraining_and_every_fine_tuning_cell():
     grid = importlib.import_module("grid_cost")
     rows = [{"model": m, "size": size, "loop": "fast", "train_img_s": 1_000.0 * 32 / size,
              "eval_img_s": 5_000.0, "warmup_s": 10.0}
             for m in grid.GRID_MODELS for size in (32, 64)]
     hours, _ = grid.grid_hours(rows, "fast", grid=grid.RECIPE)
-    pretraining = 2 * (101 * (100_000 / 500 + 10_000 / 5_000) + 2 * 10)  # 2 norms, 64 px
-    fine_tuning = sum(2 * 3 * 3 * (101 * (n / 1_000 + t / 5_000) + 2 * 10)  # 18 cells each
+    pretraining = 2 * (101 * (100_000 / 500 + 10_000 / 5_000) + 10)  # 2 norms, 64 px
+    fine_tuning = sum(2 * 3 * 3 * (101 * (n / 1_000 + t / 5_000) + 10)  # 18 cells each
                       for n, t in ((50_000, 10_000), (50_000, 10_000), (73_257, 26_032)))
     assert hours == pytest.approx(4 * (pretraining + fine_tuning) / 3600)
     text = grid.summary(rows, [])
@@ -77,10 +140,10 @@ def test_queue_speed_up_divides_only_the_32_px_cells():
     assert speedups == {"resnet18": (4, 2.5)}  # the best job count, against -j 1
     shared, notes = grid.grid_hours(rows, "fast", {"resnet18": 2.5})
     resnet18_32px_s = 0.0
-    for n_train, n_test, size in grid.GRID_DATASETS.values():
+    for n_train, n_test, size, _ in grid.GRID_DATASETS.values():
         if size == 32:
             epoch = n_train / 8_000 + n_test / 30_000
-            resnet18_32px_s += 4 * (101 * epoch + 2 * 30)
+            resnet18_32px_s += 4 * (101 * epoch + 30)
     assert notes == []  # every size measured
     assert one - shared == pytest.approx(resnet18_32px_s * (1 - 1 / 2.5) / 3600)
     text = grid.summary(rows, queue)
@@ -140,22 +203,60 @@ def test_gpu_session_lists_its_steps_and_refuses_unknown_ones(tmp_path):
             assert (ROOT / s.argv[1]).is_file(), s.argv[1]
 
 
-def test_gpu_session_puts_the_headline_first_and_limits_the_queues_compile_threads():
+def test_gpu_session_fits_both_headline_models_and_the_cuda_tests_in_one_call():
+    """The first call (budget 540 s) gives resnet18 and densenet121 at 32 px for the seed-style,
+    captured and fast loops, each step capped and each fast warm-up capped below its step's
+    cap, then starts `pytest -m gpu` whatever the warm-ups took."""
     session = gpu_session()
-    by_name = {s.name: s for s in session.steps()}
-    for model in ("resnet18", "densenet121"):  # the headline: fast vs seed-style only
-        argv = by_name[f"speed-32-{model}"].argv
-        assert argv[argv.index("--loops") + 1:] == ("reference", "fast")
+    todo = session.steps()
+    assert [s.name for s in todo[:4]] == ["env", "speed-32-resnet18", "speed-32-densenet121",
+                                          "gpu-tests"]
+    for step in todo[1:3]:
+        argv = step.argv
+        loops = argv[argv.index("--loops") + 1:argv.index("--warmup-cap")]
+        assert loops == ("reference", "fast", "captured")
+        model = argv[argv.index("--models") + 1]
+        cap = float(argv[argv.index("--warmup-cap") + 1])
+        assert cap == session.WARMUP_CAP_S[model] and cap + 60 < step.cap_s
+    assert sum(s.cap_s for s in todo[:3]) + 60 <= 540  # min_step_s left for the CUDA tests
+    by_name = {s.name: s for s in todo}
     assert by_name["env"].needs == by_name["grid-cost"].needs == ()  # no GPU needed
-    dvc_steps = [s for s in by_name.values() if "queue_speed.py" in " ".join(s.argv)]
+    dvc_steps = [s for s in todo if "queue_speed.py" in " ".join(s.argv)]
     assert {s.name.split("-")[0] for s in dvc_steps} == {"cell", "queue"}
-    for s in by_name.values():
+    for s in todo:
         assert s.needs == (("cuda", "git", "dvc") if s in dvc_steps else
                            () if s.name in ("env", "grid-cost") else ("cuda",)), s.name
-    for s in dvc_steps:
-        jobs = int(s.argv[s.argv.index("--jobs") + 1])
-        assert dict(s.env) == {"TORCHINDUCTOR_COMPILE_THREADS": str(max(1, session.cores() //
-                                                                            jobs))}
+        assert ("--mps" in s.argv) == s.name.endswith("-mps"), s.name
+    # -j 1, 2, 4, 8 of resnet18 cells, each with and without MPS (cell-resnet18: -j 1 without).
+    assert {(s.argv[s.argv.index("--jobs") + 1], "--mps" in s.argv) for s in dvc_steps
+            if "resnet18" in s.argv} == {(str(n), mps) for n in (1, 2, 4, 8)
+                                         for mps in (False, True)}
+
+
+def test_a_carried_compile_cache_is_packed_per_model_as_it_fits_and_taken_in_again(
+        tmp_path, monkeypatch):
+    session = gpu_session()
+    cache, out, again = tmp_path / "cache", tmp_path / "out", tmp_path / "again"
+    cache.mkdir()
+    out.mkdir()
+    (out / "results.tar.gz").write_bytes(b"r" * 1000)
+    sizes = {"resnet18": 1, "densenet121": 3, "densenet161": 2}  # MiB of incompressible bytes
+    for i, (label, mib) in enumerate(sizes.items()):
+        name = f"x{i}"
+        (cache / f"{name}.bin").write_bytes(os.urandom(mib * 2**20))
+        (cache / f"{name}.json").write_text(json.dumps({"model": f"net:{i}", "label": label}))
+    monkeypatch.setattr(session, "OUT_FILE_LIMIT_MIB", 2.5)  # densenet121's 3 MiB: too big
+    lines = session.publish_cache(out, cache)
+    assert [line.split(":")[0] for line in lines] == ["- resnet18", "- densenet121",
+                                                      "- densenet161"]  # seed models' order
+    assert "NOT kept" in lines[1] and "kept, compile-cache-densenet161.tar.gz" in lines[2]
+    assert sorted(p.name for p in out.glob("compile-cache-*")) == [
+        "compile-cache-densenet161.tar.gz", "compile-cache-resnet18.tar.gz"]
+    taken = session.take_cache_in(out, again)
+    assert sorted(taken) == ["compile-cache-densenet161.tar.gz", "compile-cache-resnet18.tar.gz"]
+    assert sorted(p.name for p in again.iterdir()) == ["x0.bin", "x0.json", "x2.bin", "x2.json"]
+    assert (again / "x2.bin").read_bytes() == (cache / "x2.bin").read_bytes()
+    assert session.take_cache_in(tmp_path / "absent", again) == []
 
 
 def test_gpu_session_copies_the_results_out_after_every_step(tmp_path):
@@ -249,7 +350,8 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
         [sys.executable, str(ROOT / "bench" / "queue_speed.py"), "--jobs", "2",
          "--model", "resnet18", "--set", "datasets=[shapes]", "--set", "device=cpu",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=2",
-         "--set", "train.batch_size=16", "--results", str(tmp_path)],
+         "--set", "train.batch_size=16", "--set", "train.val_fraction=0.2",
+         "--results", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [row] = [json.loads(line) for line in (tmp_path / next(
@@ -259,35 +361,73 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
     # each cell's speed, from its timing file (a queued cell's workspace is gone by now)
     assert all(c["images_per_s"] > 0 and c["train_seconds"] > 0 for c in row["cells"])
-    # 8 shapes x 6 classes, 80 % to train (38 images), 2 epochs, 2 cells.
-    assert row["train_images"] == 2 * 2 * 38
+    # 8 shapes x 6 classes, 80 % in the train split (38 images), 8 of them held out for
+    # validation: 30 trained on, 2 epochs, 2 cells.
+    assert row["train_images"] == 2 * 2 * 30
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
-    assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | 2 |" in table
+    assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
+    assert row["mps"] is False  # not asked for
+
+
+def budget_rows(table: str, title: str) -> list[list[str]]:
+    """The model rows of one of model_budget's tables, as cells."""
+    part = table.split(f"## {title}")[1].split("## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in part.splitlines()
+            if line.startswith("| resnet18 |")]
 
 
 def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretrained(tmp_path):
     """One model on a tiny workload: its per_model entry is the budget of its cells and of its
-    pretraining, and every cell's final accuracy and learned flag reach the table."""
+    pretraining, and every cell's validation and test accuracy reach their tables."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path),
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
+         "--set", "train.val_fraction=0.2",  # 8 of 38 train images, one or two per class
          "--set", "per_model.resnet18={batch_size: 8}",
          "--set", "start.pretrained.data.images_per_class=6",
          "--set", "start.pretrained.data.test_fraction=0.25",
-         "--set", "start.pretrained.train.epochs=1"],
+         "--set", "start.pretrained.train.epochs=1",
+         "--set", "start.pretrained.train.val_fraction=0.25"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = next(tmp_path.glob("model-budget-*.md")).read_text()
-    assert ("| model | budget | shapes, scratch | gratings (source) | shapes, pretrained on "
-            "gratings |") in table, table
-    [row] = [line for line in table.splitlines() if line.startswith("| resnet18 |")]
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "batch 8, lr 0.001, 1 epochs"  # per_model over the shared block
-    for value in cells[2:]:  # a percentage, "(chance)" when not above chance
+    assert table.count("| model | budget | shapes, scratch | gratings (source) | shapes, "
+                       "pretrained on gratings |") == 2, table
+    [val] = budget_rows(table, "Validation accuracy")
+    [test] = budget_rows(table, "Test accuracy")
+    # per_model over the shared block
+    assert val[1] == test[1] == "batch 8, lr 0.001, 1 epochs, validation 0.2"
+    for value in val[2:] + test[2:]:  # a percentage, "(chance)" when not above chance
         number, _, flag = value.partition(" ")
-        assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), row
+        assert 0 <= float(number) <= 100 and flag in ("", "(chance)"), value
+
+
+def test_model_budget_shows_validation_where_a_choice_reads_and_test_apart():
+    budget = importlib.import_module("model_budget")
+    metrics = {"val_acc": 0.625, "val_above_chance_p": 0.2, "final_acc": 0.9,
+               "above_chance_p": 0.001}
+    assert budget.shown(metrics, "val") == "62.5 (chance)"
+    assert budget.shown(metrics, "test") == "90.0"
+
+
+def test_model_budget_sweeps_one_param_a_row_per_value(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+         "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path), "--no-pretrained",
+         "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
+         "--set", "train.val_fraction=0.2", "--sweep", "per_model.resnet18.lr=0.01,0.0001"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [path] = tmp_path.glob("model-budget-*-scratch-only-sweep-per-model-resnet18-lr.md")
+    rows = budget_rows(path.read_text(), "Validation accuracy")
+    assert [r[1] for r in rows] == ["batch 256, lr 0.01, 1 epochs, validation 0.2",
+                                    "batch 256, lr 0.0001, 1 epochs, validation 0.2"]
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "model_budget.py"), "--sweep",
+                          "per_model.resnet18.lr"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "must look like key=v1,v2" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 DETACHED_BURN = """
@@ -335,3 +475,22 @@ def test_model_budget_refuses_to_measure_nothing():
                            "--no-scratch", "--no-pretrained"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr, proc.stderr
+
+
+def test_machine_pin_times_the_pins_against_torchs_defaults_and_their_hashes_agree(tmp_path):
+    out = tmp_path / "pin.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--images",
+                           "64", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    timed = [line.split(" | ") for line in text.splitlines() if line.startswith("| 1 | ")]
+    assert [row[1] for row in timed] == ["reference", "pinned", "AVX2 only",
+                                         "MKL_CBWR=COMPATIBLE only"]
+    assert timed[0][3] == "1.00x |" and all(float(row[2].split()[0]) > 0 for row in timed)
+    hashes = [line.rsplit("`", 2)[1] for line in text.splitlines() if line.startswith("| pinned |")]
+    assert len(hashes) >= 4 and len(set(hashes)) == 1, text
+    assert "Pinned runs: 1 distinct hash(es) (identical)." in text
+    threads = [line.split(" | ") for line in text.splitlines()
+               if line.startswith("| intra-op threads |")]
+    assert [row[1] for row in threads] == [f"`torch.set_num_threads({n})`" for n in (1, 2, 3, 4)]

@@ -1,11 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.optimize
 import scipy.stats
 
-from normbench.compare import WeightSection, compare_pair, tables, verdicts, write
-from normbench.runs import parse_exp_show, select
+from conftest import section
+
+from normbench.compare import OutputsMissing, WeightSection, compare_pair, tables, verdicts, write
+from normbench.runs import MissingOutputs, parse_exp_show, select
+from normbench.significance import Design, detectable_shift, fmt_p
 
 PARAMS = {"weights": "scratch", "train": {"epochs": 8}}
 EXEC = "cpu fp32 eager"
@@ -24,9 +26,14 @@ def exp_entry(rev, name, norm, cells, weights="scratch"):
                                               for c, acc in cells.items()}}}}}
 
 
-BASE = {"resnet18-cifar10-1": 0.90, "resnet18-cifar10-2": 0.91, "resnet18-cifar10-3": 0.92}
-MINMAX = {"resnet18-cifar10-1": 0.95, "resnet18-cifar10-2": 0.96, "resnet18-cifar10-3": 0.98}
-NONE = {"resnet18-cifar10-4": 0.905, "resnet18-cifar10-5": 0.915, "resnet18-cifar10-6": 0.9}
+SEEDS = range(1, 8)  # 7 seeds: the least with which 2 paired tests can reach 0.05 / 2
+BASE_V = [0.90, 0.91, 0.92, 0.89, 0.905, 0.915, 0.895]
+UP = [0.05, 0.05, 0.06, 0.04, 0.055, 0.05, 0.06]  # minmax: better in every seed
+NONE_V = [0.905, 0.915, 0.9, 0.91, 0.895, 0.92, 0.9]  # seeds 8-14: other seeds
+BASE = {f"resnet18-cifar10-{s}": v for s, v in zip(SEEDS, BASE_V)}
+MINMAX = {f"resnet18-cifar10-{s}": v + u for s, v, u in zip(SEEDS, BASE_V, UP)}
+NONE = {f"resnet18-cifar10-{s + 7}": v for s, v in zip(SEEDS, NONE_V)}
+MINMAX_V = np.array(BASE_V) + np.array(UP)
 SHOW = [
     {"rev": "workspace", "data": {}},
     {**exp_entry("aaa", "main", "dataset", BASE),
@@ -38,92 +45,143 @@ SHOW = [
 NO_PAIRS = lambda m, d: lambda *a: pytest.fail("no McNemar expected")  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def fresh_power_estimates():
+    """Each test computes what its tests could detect (the figures are cached per process)."""
+    detectable_shift.cache_clear()
+
+
 def result_of(show=SHOW, reference=PARAMS):
     cells = select(parse_exp_show(show), reference).cells
     return cells, tables(cells, "dataset", NO_PAIRS)
 
 
-def test_same_seeds_are_paired_other_seeds_welch_and_holm_corrects_the_page():
+def shown(values) -> str:
+    values = np.asarray(values) * 100
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def relabeling_p(a, b) -> float:
+    """The two-sided exact relabeling p of two equal-sized groups, from scipy (its doubled
+    one-sided p is ours: with equal sizes the null distribution is symmetric). The values are
+    given in whole thousandths: in floats scipy's tolerance misses ties that sums in another
+    order break (0.845 instead of 0.893 here)."""
+    a, b = (np.round(np.asarray(v) * 1000) for v in (a, b))
+    return scipy.stats.permutation_test((b, a), lambda x, y: np.sum(x) - np.sum(y),
+                                        permutation_type="independent",
+                                        n_resamples=np.inf).pvalue
+
+
+def pooled_sd(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return np.sqrt((((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
+                   / (len(a) + len(b) - 2))
+
+
+def test_same_seeds_are_paired_other_seeds_relabeled_and_holm_corrects_the_page():
     cells, result = result_of()
     tests = result["tests"].set_index("setting")
     minmax, none = tests.loc["norm=minmax weights=scratch"], tests.loc["norm=none weights=scratch"]
-    p_pair = scipy.stats.ttest_rel([0.95, 0.96, 0.98], [0.90, 0.91, 0.92]).pvalue
-    p_welch = scipy.stats.ttest_ind([0.905, 0.915, 0.9], [0.90, 0.91, 0.92],
-                                    equal_var=False).pvalue
-    assert minmax.test == "paired t" and minmax.p == pytest.approx(p_pair, rel=1e-12)
-    assert none.test == "Welch" and none.p == pytest.approx(p_welch, rel=1e-12)
+    p_pair = 2 / 2 ** 7  # better in all 7 seeds: the observed signs and their mirror
+    p_none = relabeling_p(BASE_V, NONE_V)
+    assert minmax.test == "sign-flip" and minmax.p == pytest.approx(p_pair, rel=1e-12)
+    assert none.test == "relabeling" and none.p == pytest.approx(p_none, rel=1e-9)
+    assert minmax["smallest p"] == p_pair and none["smallest p"] == pytest.approx(2 / 3432)
     # Holm over the two: the smaller p doubled, the larger kept (and never below the smaller).
-    lo, hi = sorted([p_pair, p_welch])
+    lo, hi = sorted([p_pair, p_none])
     assert sorted(tests["p (Holm)"]) == pytest.approx([min(1, 2 * lo), max(min(1, 2 * lo), hi)])
     assert minmax.verdict == "better" and none.verdict == "no significant difference"
     assert minmax.baseline == "norm=dataset weights=scratch"
-    assert minmax["delta (points)"] == round((np.mean([0.95, 0.96, 0.98]) - 0.91) * 100, 2)
+    assert minmax["delta (points)"] == round(np.mean(UP) * 100, 2)
 
 
 def test_table2_holds_final_accuracy_with_delta_and_the_adjusted_mark():
     _, result = result_of()
     t2 = result["table2"]
-    assert t2.loc[("resnet18", "norm=dataset weights=scratch"), "cifar10"] == "91.00 ± 1.00"
-    values = np.array([0.95, 0.96, 0.98])
+    assert t2.loc[("resnet18", "norm=dataset weights=scratch"), "cifar10"] == shown(BASE_V)
     minmax = t2.loc[("resnet18", "norm=minmax weights=scratch"), "cifar10"]
-    assert minmax == (f"{values.mean() * 100:.2f} ± {values.std(ddof=1) * 100:.2f} "
-                      f"[green:{(values.mean() - 0.91) * 100:+.2f}] (**)")
+    # Holm-adjusted 2 x 2/128 = 0.03125: (*), not (**)
+    assert minmax == f"{shown(MINMAX_V)} [green:{np.mean(UP) * 100:+.2f}] (*)"
     assert t2.loc[("resnet18", "norm=none weights=scratch"), "cifar10"].endswith("(n.s.)")
     assert result["table3"].loc[("resnet18", "norm=minmax weights=scratch"), "cifar10"] \
         .startswith("**")  # the best mean in bold
     # The original study's figure is kept, from best_acc (here final + 0.01).
     assert result["best"].loc[("resnet18", "norm=dataset weights=scratch"), "cifar10"] \
-        == "92.00 ± 1.00"
+        == shown(np.array(BASE_V) + 0.01)
 
 
 def test_no_significant_difference_states_what_the_test_could_detect():
     _, result = result_of()
     none = result["tests"].set_index("setting").loc["norm=none weights=scratch"]
-    a, b = np.array([0.90, 0.91, 0.92]), np.array([0.905, 0.915, 0.9])
-    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
-    se, df = np.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # Welch-Satterthwaite
-    alpha = 0.05 / 2  # two comparisons on the page: the level Holm asks of the first
-    crit = scipy.stats.t.ppf(1 - alpha / 2, df)
-
-    def power(k):  # two-sided power at a noncentrality of k standard errors
-        return scipy.stats.nct.sf(crit, df, k) + scipy.stats.nct.cdf(-crit, df, k)
-    k80 = scipy.optimize.brentq(lambda k: power(k) - 0.8, 0, 12)  # power(12) > 0.99 here
-    assert none["detectable (points)"] == pytest.approx(k80 * se * 100, abs=0.006)
-    assert none["seeds needed"] > 3
+    # Two tests in the family: stated at 0.05 / 2, for the pooled spread of the 14 cells.
+    found = detectable_shift(Design(0, 7, 7), 0.05 / 2) * pooled_sd(BASE_V, NONE_V) * 100
+    assert none["detectable (points)"] == round(found, 2)
     text = " ".join(verdicts(result["tests"], "dataset", ["norm=dataset weights=scratch",
                                                           "norm=none weights=scratch"]))
-    assert (f"could detect {none['detectable (points)']:.2f} points with 80% power at the page's "
-            f"corrected level, the observed "
-            f"{none['delta (points)']:+.2f} would need {int(none['seeds needed'])} seeds") in text
+    assert (f"norm=none weights=scratch against norm=dataset weights=scratch, resnet18: no "
+            f"significant difference ({(np.mean(NONE_V) - np.mean(BASE_V)) * 100:+.2f} points, "
+            f"exact relabeling test, p={fmt_p(relabeling_p(BASE_V, NONE_V))}, Holm-adjusted "
+            f"{fmt_p(max(2 * 2 / 128, relabeling_p(BASE_V, NONE_V)))}; this test could detect "
+            f"{round(found, 2):.2f} points with 80% power at the page's corrected level)") in text
 
 
-def test_zero_variance_gets_words_not_p_zero():
-    same = {"resnet18-cifar10-1": 0.90, "resnet18-cifar10-2": 0.90}
-    show = [exp_entry("a", "a", "dataset", same), exp_entry("b", "b", "minmax", same)]
-    _, result = result_of(show)
-    row = result["tests"].iloc[0]
-    assert row.p is None and row["p (Holm)"] is None and row.verdict == "no difference"
-    assert "identical in every seed" in row.note
+def test_a_constant_difference_and_identical_results_are_tests_like_any_other():
+    same = {f"resnet18-cifar10-{s}": 0.9 for s in range(1, 7)}
+    shifted = {c: 0.9 + 1 / 360 for c in same}  # one more image right in every seed
+    _, result = result_of([exp_entry("a", "a", "dataset", same),
+                           exp_entry("b", "b", "minmax", shifted),
+                           exp_entry("c", "c", "none", same)])
+    rows = result["tests"].set_index("setting")
+    up, equal = rows.loc["norm=minmax weights=scratch"], rows.loc["norm=none weights=scratch"]
+    assert (up.test, up.p, up["p (Holm)"], up.verdict) == ("sign-flip", 2 / 64, 4 / 64,
+                                                           "no significant difference")
+    assert (equal.p, equal["p (Holm)"], equal.note) == (1.0, 1.0, "identical in every seed")
+    assert pd.isna(equal["detectable (points)"]) and pd.isna(up["detectable (points)"])
+    lines = " ".join(verdicts(result["tests"], "dataset", list(rows.index)))
+    assert ("no significant difference (+0.00 points, exact sign-flip test, p=1, Holm-adjusted "
+            "1; no spread over seeds, so what it could detect is not estimated)") in lines
 
 
 def test_pretrained_settings_are_compared_with_the_baseline_norm_pretrained():
     show = [exp_entry("a", "a", "dataset", BASE), exp_entry("b", "b", "minmax", MINMAX,
                                                              weights="imagenet")]
     cells, result = result_of(show)
-    assert result["tests"].empty  # never against the scratch baseline
+    # Against scratch with the same norm it would be minmax scratch: none ran. Never against
+    # the scratch baseline.
+    assert result["tests"].empty
     lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
     assert lines == ["No runs of the baseline norm=dataset weights=imagenet: no setting with "
-                     "weights=imagenet is compared (none against a substitute)."]
+                     "weights=imagenet is compared with norm=dataset (none against a "
+                     "substitute)."]
     show.append(exp_entry("c", "c", "dataset", BASE | {"resnet18-cifar10-3": 0.93},
                           weights="imagenet"))
-    _, result = result_of(show)
+    cells, result = result_of(show)
     rows = result["tests"].set_index(["setting", "baseline"])
     row = rows.loc[("norm=minmax weights=imagenet", "norm=dataset weights=imagenet")]
-    assert row["test"] == "paired t"
-    # Does starting from ImageNet help? The same norm from scratch: +0.33 points on seed 3 only.
+    assert row["test"] == "sign-flip"
+    # Does starting from ImageNet help? The same norm from scratch: +1 point on seed 3 only.
     transfer = rows.loc[("norm=dataset weights=imagenet", "norm=dataset weights=scratch")]
-    assert transfer["delta (points)"] == pytest.approx(100 * 0.01 / 3, abs=0.01)
+    assert transfer["delta (points)"] == pytest.approx(100 * 0.01 / 7, abs=0.01)
     assert len(rows) == 2
+    assert not any(line.startswith("No runs of the baseline")
+                   for line in verdicts(result["tests"], "dataset",
+                                        list(cells.index.unique("setting"))))
+
+
+def test_a_missing_pretrained_baseline_is_named_and_a_present_one_is_not():
+    show = [pretrained("m1", "pretraining", "minmax", BASE),
+            pretrained("m2", "minmax", "minmax", MINMAX)]
+    reference = {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}}
+    cells, result = result_of(show, reference)
+    settings = list(cells.index.unique("setting"))
+    assert verdicts(result["tests"], "dataset", settings)[0] == (
+        "No runs of the baseline norm=dataset weights=pretrained pretrain=minmax: no setting "
+        "with weights=pretrained pretrain=minmax is compared with norm=dataset (none against a "
+        "substitute).")
+    show.append(pretrained("m3", "dataset", "minmax", BASE))
+    cells, result = result_of(show, reference)
+    lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
+    assert [line.split(":")[0] for line in lines] == ["**cifar10**"]  # no "missing" line
 
 
 def test_cells_that_did_not_learn_carry_no_verdict():
@@ -131,25 +189,98 @@ def test_cells_that_did_not_learn_carry_no_verdict():
     show = [exp_entry("a", "a", "dataset", BASE), exp_entry("b", "b", "minmax", flop)]
     _, result = result_of(show)
     row = result["tests"].iloc[0]
-    assert row.test == "none" and row.p is None and row.verdict == "no test"
+    assert row.test == "none" and pd.isna(row.p) and row.verdict == "no test"
     assert "did not learn" in row.note and "setting seed(s) 2" in row.note
+    assert pd.isna(row["seeds for a verdict"])
 
 
-def test_single_seed_pairs_use_mcnemar_and_different_seeds_no_test():
-    frame = lambda rev, seed, acc: pd.DataFrame(  # noqa: E731
-        {"rev": [rev], "final_acc": [acc], "learned": [True]}, index=pd.Index([seed], name="seed"))
+def frame(rev, seeds, accs):
+    return pd.DataFrame({"rev": rev, "final_acc": accs, "learned": True},
+                        index=pd.Index(seeds, name="seed"))
+
+
+def test_one_shared_seed_says_whether_the_models_differ_and_gives_no_verdict():
     # 10 images both right, 10 both wrong, 1 right only for a, 9 right only for b.
     a = np.array([True] * 10 + [False] * 10 + [True] + [False] * 9)
     b = np.array([True] * 10 + [False] * 10 + [False] + [True] * 9)
     calls = []
-    t = compare_pair(frame("a", 1, 0.5), frame("b", 1, 0.7),
+    t = compare_pair(frame("a", [1], [0.5]), frame("b", [1], [0.7]),
                      lambda ra, rb, seed: calls.append((ra, rb, seed)) or (a, b))
     assert calls == [("a", "b", 1)]
-    only_a, only_b = 1, 9
+    p = scipy.stats.binomtest(1, 10).pvalue  # 0.021
     assert t.test == "McNemar" and t.delta == pytest.approx(0.2)
-    assert t.p == pytest.approx(scipy.stats.binomtest(only_a, only_a + only_b).pvalue)
-    moved = compare_pair(frame("a", 1, 0.5), frame("b", 2, 0.7), NO_PAIRS("m", "d"))
-    assert moved.test == "none" and moved.p is None
+    assert (t.p, t.smallest_p) == (None, None)  # no p over seeds: not in the Holm family
+    assert t.note == (f"one seed each (seed 1): the two trained models differ (McNemar's exact "
+                      f"test over the 30 test images, p={fmt_p(p)}, uncorrected); that is no "
+                      "test of the settings, whose effect only seeds show")
+    same = compare_pair(frame("a", [1], [0.5]), frame("b", [1], [0.5]), lambda *_: (a, a))
+    assert "the two trained models are not shown to differ (McNemar" in same.note
+    moved = compare_pair(frame("a", [1], [0.5]), frame("b", [2], [0.7]), NO_PAIRS("m", "d"))
+    assert (moved.test, moved.p, moved.smallest_p) == ("relabeling", 1.0, 1.0)
+
+
+def test_comparisons_without_a_possible_verdict_leave_the_holm_family():
+    # Table 2's users ran one seed (McNemar: "minmax better (**)" on shapes, where 3 seeds said
+    # n.s.) or three: neither may count in Holm's m, nor give a verdict.
+    # A fourth comparison, on svhn, has a cell that did not learn: no test, and it does not
+    # count in the m of "seeds for a verdict" either.
+    flop = {f"resnet18-svhn-{s}": cell(0.1, learned=False) for s in SEEDS}
+    mixed = [exp_entry("a", "a", "dataset", {**BASE, "resnet18-shapes-1": 0.5, **flop,
+                                              **{f"resnet18-digits-{s}": 0.8 for s in (1, 2, 3)}}),
+             exp_entry("b", "b", "minmax", {**MINMAX, "resnet18-shapes-1": 0.9, **flop,
+                                             **{f"resnet18-digits-{s}": 0.9 for s in (1, 2, 3)}})]
+    a = np.array([True] * 5 + [False] * 45)
+    b = np.array([True] * 45 + [False] * 5)
+    cells = select(parse_exp_show(mixed), PARAMS).cells
+    result = tables(cells, "dataset", lambda m, d: lambda *args: (a, b))
+    rows = result["tests"].set_index("dataset")
+    assert rows.loc["cifar10", "p (Holm)"] == rows.loc["cifar10", "p"] == 2 / 128  # m = 1
+    assert rows.loc["cifar10", "verdict"] == "better"
+    for dataset, test in (("shapes", "McNemar"), ("digits", "sign-flip")):
+        row = rows.loc[dataset]
+        assert (row.test, row.verdict) == (test, "too few seeds") and pd.isna(row["p (Holm)"])
+        assert pd.isna(row["detectable (points)"])
+        # A verdict on this page of 3 comparisons that learned needs 2/2^n <= 0.05 / 3: 7
+        # paired seeds (counting svhn's, 0.05 / 4 would ask for 8).
+        assert row["seeds for a verdict"] == 7
+    assert rows.loc["svhn", "verdict"] == "no test" and pd.isna(rows.loc["svhn",
+                                                                       "seeds for a verdict"])
+    assert rows.loc["digits", "p"] == 0.25 and rows.loc["digits", "smallest p"] == 0.25
+    # What the one test of the family could detect is stated at 0.05 / 1, not 0.05 / 3.
+    d = MINMAX_V - np.array(BASE_V)
+    found = detectable_shift(Design(7, 0, 0), 0.05) * d.std(ddof=1) / np.sqrt(2) * 100
+    assert rows.loc["cifar10", "detectable (points)"] == round(found, 2)
+    assert result["table2"].loc[("resnet18", "norm=minmax weights=scratch"), "shapes"] == (
+        "90.00 [green:+40.00] (too few seeds)")
+    text = " ".join(verdicts(result["tests"], "dataset", list(cells.index.unique("setting"))))
+    assert ("norm=minmax weights=scratch against norm=dataset weights=scratch, resnet18: no "
+            "verdict, too few seeds (+10.00 points; exact sign-flip test, p=0.25, but it cannot "
+            "go below 0.25 with these seeds; a verdict on this page needs at least 7 seeds per "
+            "setting)") in text
+    assert "no verdict, too few seeds (+40.00 points; one seed each (seed 1): the two trained " \
+        "models differ (McNemar's exact test over the 50 test images" in text
+
+
+def test_a_pair_whose_predictions_are_not_in_the_cache_gets_no_test_and_the_page_says_why(
+        tmp_path):
+    frame = lambda rev, acc: pd.DataFrame(  # noqa: E731
+        {"rev": [rev], "final_acc": [acc], "learned": [True]}, index=pd.Index([1], name="seed"))
+
+    def absent(rev_a, rev_b, seed):
+        raise OutputsMissing("predictions/resnet18-d-1.npy of main (aaaaaaa), not in the local "
+                             "DVC cache")
+    t = compare_pair(frame("a", 0.5), frame("b", 0.7), absent)
+    assert t.test == "none" and t.p is None and t.delta == pytest.approx(0.2)
+    assert t.note == ("McNemar's test needs predictions/resnet18-d-1.npy of main (aaaaaaa), not "
+                      "in the local DVC cache: no test")
+    missing = MissingOutputs()
+    missing.add("main (aaaaaaa)", "predictions/resnet18-d-1.npy")
+    runs = parse_exp_show(SHOW)
+    selection = select(runs, PARAMS)
+    write(tmp_path, "dataset", runs, selection, tables(selection.cells, "dataset", NO_PAIRS),
+          None, None, WeightSection([], pd.DataFrame(), {}), missing)
+    text = section((tmp_path / "README.md").read_text(), "Outputs not in the local DVC cache")
+    assert "main (aaaaaaa): predictions/resnet18-d-1.npy" in text and "`dvc pull`" in text
 
 
 def test_write_makes_markdown_and_html_with_colours(tmp_path):
@@ -162,7 +293,7 @@ def test_write_makes_markdown_and_html_with_colours(tmp_path):
     md = (tmp_path / "README.md").read_text()
     page = (tmp_path / "index.html").read_text()
     assert "$\\textcolor{green}{" in md and "<span style='color:green'>" in page
-    assert "<b>96.33 ± 1.53</b>" in page and "<script" not in page
+    assert f"<b>{shown(MINMAX_V)}</b>" in page and "<script" not in page
     assert "<b>resnet18 on cifar10</b>: no difference" in page
     assert (tmp_path / "weights_resnet18-cifar10.png").read_bytes() == b"\x89PNG fake"
     assert "![Weights across settings: resnet18-cifar10](weights_resnet18-cifar10.png)" in md
@@ -207,16 +338,18 @@ def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
     _, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
     table = result["mismatch"]
     row = table.loc[("resnet18", "cifar10", "minmax")]
-    assert row["fine-tuned: pretraining"] == "91.00 ± 1.00"
-    assert row["fine-tuned: dataset"].startswith("96.33 ± 1.53 [green:+5.33] (")
+    up = f"{np.mean(UP) * 100:.2f}"
+    assert row["fine-tuned: pretraining"] == shown(BASE_V)
+    assert row["fine-tuned: dataset"].startswith(f"{shown(MINMAX_V)} [green:+{up}] (")
     tests = result["tests"]
     matched = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=minmax"]
     (p,) = matched.p
-    assert p == pytest.approx(scipy.stats.ttest_rel([0.95, 0.96, 0.98], [0.90, 0.91, 0.92]).pvalue)
-    # Instance pretraining: seeds 4-6 against 1-3, so Welch.
-    welch = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=instance"]
-    assert welch.test.tolist() == ["Welch"]
-    assert table.loc[("resnet18", "cifar10", "instance"), "fine-tuned: pretraining"] == "90.67 ± 0.76"
+    assert p == 2 / 128
+    # Instance pretraining: seeds 8-14 against 1-7, so relabeling.
+    other = tests[tests.baseline == "norm=pretraining weights=pretrained pretrain=instance"]
+    assert other.test.tolist() == ["relabeling"]
+    assert table.loc[("resnet18", "cifar10", "instance"), "fine-tuned: pretraining"] == shown(
+        NONE_V)
     # norm=pretraining against the baseline norm (Table 2) and the baseline norm against the
     # matched pairing (this table) are one test, counted once by Holm and marked in both.
     assert len(tests) == 2 and set(tests.setting) == {
@@ -224,8 +357,62 @@ def test_the_mismatch_table_tests_each_cell_against_its_matched_pairing():
         "norm=dataset weights=pretrained pretrain=instance"}
     t2 = result["table2"].loc[("resnet18", "norm=pretraining weights=pretrained pretrain=minmax"),
                               "cifar10"]
-    assert t2.startswith("91.00 ± 1.00 [red:-5.33] (") and t2.endswith(
+    assert t2.startswith(f"{shown(BASE_V)} [red:-{up}] (") and t2.endswith(
         row["fine-tuned: dataset"].rsplit(" ", 1)[1])
+
+
+def figure_labels(monkeypatch, cells, tests) -> dict[tuple[str, str, str], str]:
+    """(model, dataset, setting) -> the verdict figure's label, as drawn (annotate spied on)."""
+    import matplotlib.pyplot as plt
+
+    from normbench import verdict_figure as vf
+
+    labels = []
+    monkeypatch.setattr(plt.Axes, "annotate", lambda self, text, *a, **k: labels.append(text))
+    vf.verdict_figure(cells, tests, "dataset")
+    drawn = [(m, d, s) for m, d in sorted({(m, d) for _, m, d, _ in cells.index})
+             for s in cells.xs((m, d), level=("model", "dataset")).index.unique("setting")]
+    assert len(drawn) == len(labels)
+    return dict(zip(drawn, labels))
+
+
+def test_every_pair_in_the_tables_carries_the_same_mark_in_the_figure(monkeypatch):
+    # norm=pretraining is tested against the baseline norm in the other direction (the matched
+    # pairing is the baseline norm's reference): the figure must find the test either way.
+    # 8 seeds: 3 tests at 2/2^8 each stay below 0.05 after Holm over the 4 of the family.
+    base = {f"resnet18-cifar10-{s}": 0.9 + 0.005 * s for s in range(1, 9)}
+    up = {c: v + 0.03 + 0.001 * (len(c) % 3) for c, v in base.items()}
+    other_seeds = {f"resnet18-cifar10-{s + 8}": 0.9 + 0.005 * s + 0.002 * (-1) ** s
+                   for s in range(1, 9)}  # interleaved with base: n.s.
+    show = [pretrained("m1", "pretraining", "minmax", base),
+            pretrained("m2", "dataset", "minmax", up),
+            pretrained("m3", "none", "minmax", {c: v + 0.02 for c, v in up.items()}),
+            pretrained("i1", "pretraining", "instance", other_seeds),
+            pretrained("i2", "dataset", "instance", base),
+            exp_entry("s1", "s1", "dataset", {"resnet18-cifar10-1": 0.5}),
+            exp_entry("s2", "s2", "minmax", {"resnet18-cifar10-1": 0.6})]
+    cells = select(parse_exp_show(show), {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}}
+                   ).cells
+    result = tables(cells, "dataset", lambda m, d: lambda *a: (np.ones(4, bool), np.ones(4, bool)))
+    labels = figure_labels(monkeypatch, cells, result["tests"])
+    word = {"(**)": None, "(*)": None, "(n.s.)": "n.s.", "(too few seeds)": "few seeds",
+            "(no test)": "no test"}
+    checked = set()
+    for (model, setting), row in result["table2"].iterrows():
+        for dataset, text in row.items():
+            if not isinstance(text, str):
+                continue
+            label = labels[(model, dataset, setting)]
+            if "[" not in text:  # no delta: the baseline itself
+                assert label == "baseline", (setting, label)
+                continue
+            mark = "(" + text.rsplit(" (", 1)[1]
+            expected = word[mark] or ("better" if "[green:" in text else "worse")
+            assert label == expected, (setting, text, label)
+            checked.add(expected)
+    assert checked == {"better", "worse", "n.s.", "few seeds"}  # every kind of mark was met
+    assert labels[("resnet18", "cifar10",
+                   "norm=pretraining weights=pretrained pretrain=minmax")] == "worse"
 
 
 def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypatch):
@@ -237,18 +424,20 @@ def test_the_verdict_figure_is_a_png_with_a_panel_per_model_and_dataset(monkeypa
     panels = []
     real = plt.subplots
     monkeypatch.setattr(plt, "subplots", lambda *a, **k: panels.append(a) or real(*a, **k))
-    labels = []
-    monkeypatch.setattr(plt.Axes, "annotate", lambda self, text, *a, **k: labels.append(text))
     png = vf.verdict_figure(cells, result["tests"], "dataset")
     assert png.startswith(b"\x89PNG") and panels == [(1, 1)]
-    assert labels == ["baseline", "better", "n.s."]  # dataset, minmax, none (Holm-adjusted)
+    assert list(figure_labels(monkeypatch, cells, result["tests"]).values()) == [
+        "baseline", "better", "n.s."]  # dataset, minmax, none (Holm-adjusted)
 
 
 # --- make mutation: the verdicts in words, the marks, and the tables as the page shows them ---
 
-DYADIC = {"dataset": [0.5, 0.625, 0.75],  # exact in binary: deltas of exactly zero stay zero
-          "minmax": [0.75, 0.8125, 1.0], "none": [0.25, 0.3125, 0.5],
-          "instance": [0.75, 0.5, 0.625], "imagenet": [0.5, 0.625, 0.75]}
+DYADIC = {"dataset": [0.5, 0.625, 0.75, 0.5, 0.625, 0.75, 0.5],  # exact in binary: a delta
+          # of exactly zero stays zero; 7 seeds: the least for 3 tests at 0.05 / 3
+          "minmax": [0.75, 0.8125, 1.0, 0.625, 0.875, 0.875, 0.6875],  # higher in every seed
+          "none": [0.25, 0.3125, 0.5, 0.375, 0.375, 0.625, 0.3125],  # lower in every seed
+          "instance": [0.75, 0.5, 0.625, 0.5, 0.75, 0.625, 0.5],  # the same mean, reshuffled
+          "imagenet": [0.5, 0.625, 0.75, 0.5, 0.625, 0.75, 0.5]}
 
 
 def dyadic_show():
@@ -259,6 +448,8 @@ def dyadic_show():
             cells["resnet18-digits-2"] = cell(0.1, learned=False)
         if norm in ("dataset", "minmax"):  # one shared seed on shapes: McNemar
             cells["resnet18-shapes-7"] = 0.5 if norm == "dataset" else 0.625
+        if norm == "none":  # three other seeds on shapes: a relabeling test, at least 1/4
+            cells |= {f"resnet18-shapes-{s}": v for s, v in ((1, 0.25), (2, 0.375), (3, 0.5))}
         show.append(exp_entry(norm, norm, norm, cells))
     return show
 
@@ -268,72 +459,109 @@ def test_every_kind_of_verdict_in_words():
     b = np.array([True] * 2 + [False, True, True] + [False] * 3)
     cells = select(parse_exp_show(dyadic_show()), PARAMS).cells
     result = tables(cells, "dataset", lambda m, d: lambda *args: (a, b))
-    base = DYADIC["dataset"]
-    p = {n: scipy.stats.ttest_rel(DYADIC[n], base).pvalue for n in ("minmax", "none", "instance")}
-    p["mcnemar"] = scipy.stats.binomtest(1, 3).pvalue  # = 1
-    # Holm over the four p (imagenet has none), written out: none < minmax < instance = McNemar.
-    adj = {"none": 4 * p["none"]}
-    adj["minmax"] = max(adj["none"], 3 * p["minmax"])
-    adj["instance"] = adj["mcnemar"] = 1.0
+    base = np.array(DYADIC["dataset"])
+    # Holm over the three tests that can reach 0.05 (digits: minmax, none, instance): minmax
+    # and none at 2/2^7 (every seed one way), instance at 1 (its delta is exactly 0).
+    adj = {"minmax": 3 * 2 / 128, "none": 3 * 2 / 128, "instance": 1.0}
     tests = result["tests"].set_index(["dataset", "setting"])
     instance = tests.loc[("digits", "norm=instance weights=scratch")]
-    assert instance["delta (points)"] == 0 and pd.isna(instance["seeds needed"])
-    assert instance["detectable (points)"] == round(instance["detectable (points)"], 2)
+    d = np.array(DYADIC["instance"]) - base
+    found = detectable_shift(Design(7, 0, 0), 0.05 / 3) * d.std(ddof=1) / np.sqrt(2) * 100
+    assert instance["delta (points)"] == 0 and instance["detectable (points)"] == round(found, 2)
+    # A verdict on this page of 5 comparisons whose cells learned: 2/2^n <= 0.01 (8 paired
+    # seeds) or 2/C(2n, n) <= 0.01 (5 + 5 other seeds).
+    assert instance["seeds for a verdict"] == 8
+    assert tests.loc[("shapes", "norm=none weights=scratch"), "seeds for a verdict"] == 5
     assert pd.isna(tests.loc[("shapes", "norm=minmax weights=scratch"), "detectable (points)"])
+    # No test, nothing to detect: 7 seeds, but a cell that did not learn.
+    assert pd.isna(tests.loc[("digits", "norm=imagenet weights=scratch"), "detectable (points)"])
     against = " against norm=dataset weights=scratch, resnet18: "
+    imagenet = (np.mean([0.5, 0.1, *DYADIC["imagenet"][2:]]) - base.mean()) * 100
     lines = verdicts(result["tests"], "dataset", list(cells.index.unique("setting")))
     assert lines == [
         "**digits**:<br>"
-        f"norm=imagenet weights=scratch{against}no test (-17.50 points; did not learn (final "
-        "accuracy not above chance): setting seed(s) 2: no verdict)<br>"
-        f"norm=instance weights=scratch{against}no significant difference (+0.00 points, paired "
-        f"t p=1, Holm-adjusted 1; this test could detect {instance['detectable (points)']:.2f} "
-        "points with 80% power at the page's corrected level, the observed +0.00 would need "
-        "more than 1000 seeds)<br>"
-        f"norm=minmax weights=scratch{against}better (+22.92 points, paired t "
-        f"p={p['minmax']:.3g}, Holm-adjusted {adj['minmax']:.3g})<br>"
-        f"norm=none weights=scratch{against}worse (-27.08 points, paired t p={p['none']:.3g}, "
-        f"Holm-adjusted {adj['none']:.3g})",
+        f"norm=imagenet weights=scratch{against}no test ({imagenet:+.2f} points; did not learn "
+        "(final accuracy not above chance): setting seed(s) 2: no verdict)<br>"
+        f"norm=instance weights=scratch{against}no significant difference (+0.00 points, exact "
+        f"sign-flip test, p=1, Holm-adjusted 1; this test could detect {found:.2f} points with "
+        "80% power at the page's corrected level)<br>"
+        f"norm=minmax weights=scratch{against}better (+19.64 points, exact sign-flip test, "
+        f"p=0.0156, Holm-adjusted 0.0469)<br>"
+        f"norm=none weights=scratch{against}worse (-21.43 points, exact sign-flip test, "
+        f"p=0.0156, Holm-adjusted 0.0469)",
         "**shapes**:<br>"
-        f"norm=minmax weights=scratch{against}no significant difference (+12.50 points, McNemar "
-        "p=1, Holm-adjusted 1)"]
+        f"norm=minmax weights=scratch{against}no verdict, too few seeds (+12.50 points; one seed "
+        "each (seed 7): the two trained models are not shown to differ (McNemar's exact test "
+        "over the 8 test images, p=1, uncorrected); that is no test of the settings, whose "
+        "effect only seeds show; a verdict on this page needs at least 8 seeds per setting)<br>"
+        f"norm=none weights=scratch{against}no verdict, too few seeds (-12.50 points; exact "
+        "relabeling test, p=0.75, but it cannot go below 0.25 with these seeds; a verdict on "
+        "this page needs at least 5 seeds per setting)"]
+    assert (tests.loc[("digits", "norm=minmax weights=scratch"), "delta (points)"]
+            == round((np.mean(DYADIC["minmax"]) - base.mean()) * 100, 2) == 19.64)
+    assert [tests.loc[("digits", f"norm={n} weights=scratch"), "p (Holm)"]
+            for n in adj] == list(adj.values())
     table2 = result["table2"]
-    none = np.array(DYADIC["none"])
     assert table2.loc[("resnet18", "norm=none weights=scratch"), "digits"] == (
-        f"{none.mean() * 100:.2f} ± {none.std(ddof=1) * 100:.2f} [red:-27.08] (*)")
+        f"{shown(DYADIC['none'])} [red:-21.43] (*)")
     assert table2.loc[("resnet18", "norm=imagenet weights=scratch"), "digits"].endswith(
-        " [red:-17.50] (no test)")  # (50 + 10 + 75) / 3 against 62.5 %: seed 2 at chance
+        f" [red:{imagenet:+.2f}] (no test)")
+    assert table2.loc[("resnet18", "norm=none weights=scratch"), "shapes"].endswith(
+        " [red:-12.50] (too few seeds)")
+    assert table2.loc[("resnet18", "norm=instance weights=scratch"), "digits"].endswith(
+        " [red:+0.00] (n.s.)")  # a delta of exactly 0 is not coloured as a gain
 
 
 def test_marks_and_verdict_words_at_their_thresholds():
     from normbench.compare import mark, verdict_word
     from normbench.significance import Test
 
-    up, down = Test("paired t", 0.02, p=0.001), Test("Welch", -0.02, p=0.001)
-    assert [mark(up, q) for q in (None, 0.0099, 0.01, 0.049, 0.05)] == [
-        " (no test)", " (**)", " (*)", " (*)", " (n.s.)"]
+    up = Test("sign-flip", 0.02, p=0.001, smallest_p=0.001)
+    down = Test("relabeling", -0.02, p=0.001, smallest_p=0.001)
+    assert [mark("better", q) for q in (0.0099, 0.01, 0.049, 0.05)] == [
+        " (**)", " (*)", " (*)", " (n.s.)"]
+    assert mark("too few seeds", None) == " (too few seeds)"
+    assert mark("no test", None) == " (no test)"
     assert [verdict_word(up, q) for q in (0.049, 0.05)] == ["better",
                                                            "no significant difference"]
     assert verdict_word(down, 0.049) == "worse"
-    assert verdict_word(Test("none", 0.0, note="identical in every seed: no difference"),
-                        None) == "no difference"
-    assert verdict_word(Test("none", 0.01, note="one seed in a setting"), None) == "no test"
+    assert verdict_word(Test("sign-flip", 0.01, p=0.25, smallest_p=0.25), None) == \
+        "too few seeds"
+    assert verdict_word(Test("McNemar", 0.01, note="one seed each"), None) == "too few seeds"
+    assert verdict_word(Test("none", 0.01, note="did not learn"), None) == "no test"
+
+
+def test_an_adjusted_p_just_below_alpha_is_never_shown_as_alpha():
+    from normbench.compare import _format_tests, _sentence
+
+    row = pd.Series({"setting": "norm=minmax weights=scratch", "model": "resnet18",
+                     "baseline": "norm=dataset weights=scratch", "test": "sign-flip",
+                     "delta (points)": 1.5, "p": 0.0031225, "smallest p": 0.001,
+                     "p (Holm)": 0.04996, "verdict": "better"})
+    assert _sentence(row).endswith("better (+1.50 points, exact sign-flip test, p=0.00312, "
+                                   "Holm-adjusted 0.04996)")
+    assert _format_tests(pd.DataFrame([row]))["p (Holm)"].tolist() == ["0.04996"]
+
+
+def test_a_page_too_large_for_any_seed_count_says_so():
+    from normbench.compare import _sentence
+
+    row = pd.Series({"setting": "norm=minmax weights=scratch", "model": "resnet18",
+                     "baseline": "norm=dataset weights=scratch", "test": "sign-flip",
+                     "delta (points)": -2.0, "p": 0.25, "smallest p": 0.25, "p (Holm)": None,
+                     "verdict": "too few seeds", "seeds for a verdict": np.nan})
+    assert _sentence(row).endswith("no verdict, too few seeds (-2.00 points; exact sign-flip "
+                                   "test, p=0.25, but it cannot go below 0.25 with these seeds; "
+                                   "a verdict on this page needs more than 64 seeds per setting)")
 
 
 def test_a_lone_comparison_states_what_it_detects_at_alpha_itself():
     show = [exp_entry("a", "a", "dataset", BASE), exp_entry("c", "c", "none", NONE)]
     _, result = result_of(show)
     (row,) = result["tests"].to_dict("records")
-    a, b = np.array([0.90, 0.91, 0.92]), np.array([0.905, 0.915, 0.9])
-    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
-    se, df = np.sqrt(va + vb), (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
-    crit = scipy.stats.t.ppf(1 - 0.05 / 2, df)  # one comparison: alpha, uncorrected
-
-    def power(k):
-        return scipy.stats.nct.sf(crit, df, k) + scipy.stats.nct.cdf(-crit, df, k)
-    k80 = scipy.optimize.brentq(lambda k: power(k) - 0.8, 0, 8)  # power(8) > 0.99 here
-    assert row["detectable (points)"] == pytest.approx(k80 * se * 100, abs=0.006)
-    assert row["detectable (points)"] == round(row["detectable (points)"], 2)  # as shown
+    found = detectable_shift(Design(0, 7, 7), 0.05) * pooled_sd(BASE_V, NONE_V) * 100
+    assert row["detectable (points)"] == round(found, 2)  # one comparison: alpha, uncorrected
+    assert row["seeds for a verdict"] == 4  # 2/C(8, 4) = 0.029 <= 0.05 < 2/C(6, 3)
 
 
 def test_cells_that_did_not_learn_are_named_by_side_and_seed():
@@ -354,8 +582,8 @@ def test_the_mismatch_table_skips_other_weights_and_the_page_has_no_blank_column
             pretrained("m2", "minmax", "minmax", MINMAX)]
     cells, result = result_of(show, {**PARAMS, "start": {"pretrained": {"norm": "dataset"}}})
     assert result["mismatch"].to_dict("index") == {("resnet18", "cifar10", "minmax"): {
-        "fine-tuned: minmax": "96.33 ± 1.53 [green:+5.33] (**)",
-        "fine-tuned: pretraining": "91.00 ± 1.00"}}
+        "fine-tuned: minmax": f"{shown(MINMAX_V)} [green:+{np.mean(UP) * 100:.2f}] (*)",
+        "fine-tuned: pretraining": shown(BASE_V)}}  # one test: 2/2^7 = 0.0156
     for name in ("mismatch", "table3"):
         page = _table(result[name], True)
         assert "<th></th>" not in page and page.count("<th>") == len(
@@ -390,13 +618,17 @@ def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
                                              "|:------|:--------|:----|",
                                              "| x     | 0.10    | 1.5 |",
                                              "| y     | **1**   | nan |"]
-    assert _format_tests(pd.DataFrame({"p": [0.0123456], "p (Holm)": [0.5]})).to_dict(
-        "records") == [{"p": "0.0123", "p (Holm)": "0.5"}]
-    tests = pd.DataFrame({"p": [None, None], "p (Holm)": [None, None],  # no row has a test
-                          "seeds needed": [np.nan, 4.0], "note": [None, "why"]})
+    assert _format_tests(pd.DataFrame({"p": [0.0123456], "smallest p": [0.0078125],
+                                       "p (Holm)": [0.5], "detectable (points)": [3.44]})).to_dict(
+        "records") == [{"p": "0.0123", "smallest p": "0.00781", "p (Holm)": "0.5",
+                        "detectable (points)": 3.44}]
+    tests = pd.DataFrame({"p": [None, None], "smallest p": [None, None],  # no row has a test
+                          "p (Holm)": [None, None], "seeds for a verdict": [np.nan, 4.0],
+                          "note": [None, "why"]})
     assert _format_tests(tests).to_dict("records") == [
-        {"p": "-", "p (Holm)": "-", "seeds needed": "", "note": ""},
-        {"p": "-", "p (Holm)": "-", "seeds needed": 4.0, "note": "why"}]
+        {"p": "-", "smallest p": "-", "p (Holm)": "-", "seeds for a verdict": "", "note": ""},
+        {"p": "-", "smallest p": "-", "p (Holm)": "-", "seeds for a verdict": "4",
+         "note": "why"}]
     assert _format_tests(pd.DataFrame()).empty
     fixed = Selection(pd.DataFrame(), [], pd.DataFrame(),
                       {"digits": {"data.digits.seed": 0, "execution": "cuda bf16 eager"},
@@ -408,40 +640,19 @@ def test_the_page_renders_tables_with_marks_and_no_index_or_nan():
         {"param": "data.shapes.n", "digits": "", "shapes": "500"}]
 
 
-def power_at(k, df, alpha):
-    """Two-sided power of a t-test at a noncentrality of k standard errors (scipy's noncentral
-    t gives NaN far in its tails, where the far tail is 0 and the near one 1)."""
-    crit = scipy.stats.t.ppf(1 - alpha / 2, df)
-    return (np.nan_to_num(scipy.stats.nct.sf(crit, df, k), nan=1.0)
-            + np.nan_to_num(scipy.stats.nct.cdf(-crit, df, k), nan=0.0))
-
-
-def test_detectable_and_seeds_needed_are_stated_at_the_pages_corrected_level():
-    _, result = result_of()  # two comparisons: alpha / 2
+def test_detectable_and_seeds_for_a_verdict_are_stated_at_the_pages_corrected_level():
+    _, result = result_of()  # two tests in the family: alpha / 2
     tests = result["tests"].set_index("setting")
-    alpha = 0.05 / 2
-    # Paired (minmax): the per-seed differences 5, 5 and 6 points.
-    d = np.array([0.95, 0.96, 0.98]) - np.array([0.90, 0.91, 0.92])
-    sd = d.std(ddof=1)
-    k80 = scipy.optimize.brentq(lambda k: power_at(k, 2, alpha) - 0.8, 0, 40)
+    # Paired (minmax): from the spread of the per-seed differences, a cell's sd being theirs
+    # over sqrt(2); 7 paired seeds reach 2/128 <= 0.025.
+    found = detectable_shift(Design(7, 0, 0), 0.05 / 2) * np.std(UP, ddof=1) / np.sqrt(2)
     minmax = tests.loc["norm=minmax weights=scratch"]
-    assert minmax["detectable (points)"] == pytest.approx(k80 * sd / np.sqrt(3) * 100, abs=0.006)
-    need = next(n for n in range(2, 1001)
-                if power_at(d.mean() / (sd / np.sqrt(n)), n - 1, alpha) >= 0.8)
-    assert minmax["seeds needed"] == need
-    # Welch (none): n seeds a side with the observed variances.
-    va = np.var([0.90, 0.91, 0.92], ddof=1)
-    vb = np.var([0.905, 0.915, 0.9], ddof=1)
-    delta = np.mean([0.905, 0.915, 0.9]) - 0.91
-
-    def welch_df(n):
-        return (va / n + vb / n) ** 2 / ((va / n) ** 2 / (n - 1) + (vb / n) ** 2 / (n - 1))
-    need = next(n for n in range(2, 1001)
-                if power_at(delta / np.sqrt((va + vb) / n), welch_df(n), alpha) >= 0.8)
-    assert tests.loc["norm=none weights=scratch", "seeds needed"] == need
-    k80 = scipy.optimize.brentq(lambda k: power_at(k, welch_df(3), alpha) - 0.8, 0, 40)
-    welch = k80 * np.sqrt((va + vb) / 3) * 100  # 3.4446: shown as 3.44
-    assert tests.loc["norm=none weights=scratch", "detectable (points)"] == round(welch, 2)
+    assert minmax["detectable (points)"] == round(found * 100, 2)
+    assert minmax["seeds for a verdict"] == 7  # 2/2^6 = 0.031 > 0.025 >= 2/2^7
+    # Relabeling (none): from the pooled spread of the two settings' cells.
+    found = detectable_shift(Design(0, 7, 7), 0.05 / 2) * pooled_sd(BASE_V, NONE_V)
+    assert tests.loc["norm=none weights=scratch", "detectable (points)"] == round(found * 100, 2)
+    assert tests.loc["norm=none weights=scratch", "seeds for a verdict"] == 5  # 2/70 > 0.025
 
 
 def test_a_fine_tuning_norm_named_dataset_does_not_clash_with_the_dataset_column(tmp_path):

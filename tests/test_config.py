@@ -7,7 +7,7 @@ from normbench.models import WEIGHTS
 from normbench.registry import ConfigError
 
 GOOD = dict(epochs=2, batch_size=8, eval_batch_size=16, lr=0.001, weight_decay=0.0,
-            optimizer="adam", scheduler="cosine", pad=4, flip=True)
+            optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.1)
 
 
 def test_train_config_accepts_the_params_file_and_ints_for_floats():

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 # The pages of docs/, each one topic (issue 22).
 PAGES = ("pipeline", "statistics", "pretraining", "datasets", "gpu", "cluster", "remote",
-         "architecture", "reference")
+         "architecture", "reference", "reproducibility")
 # Paths checked against the checkout: the project's source folders and top-level files...
 SOURCE_ROOTS = ("src/", "stages/", "tests/", "bench/", "docs/", ".dvc/")
 TOP_FILES = ("Makefile", "README.md", "params.yaml", "dvc.yaml", "dvc.lock", "requirements.txt",

@@ -15,14 +15,16 @@ import torch
 import yaml
 
 from normbench.arrays import Arrays, save_arrays
+from normbench.captured import CapturedSteps
 from normbench.config import SpeedConfig, TrainConfig
 from normbench.datasets import make_shapes
 from normbench.models import build_model
-from normbench.normalizations import NORMALIZATIONS, normalize
+from normbench.normalizations import NORMALIZATIONS, Normalizer, normalize
 from normbench.placement import live_claims
 from normbench.stats import channel_stats, stats_table
 from normbench.timing import TIMINGS
-from normbench.train import Runner, seed_everything, train_cell
+from normbench.train import (Runner, batches_per_epoch, evaluate, seed_everything, to_device,
+                             train_cell)
 from conftest import ROOT, run_stage
 
 pytestmark = pytest.mark.gpu
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.gpu
 # Batches that do not divide the splits: every cell meets a last partial batch in training and
 # in evaluation, as real datasets do (50,000 / 256 leaves 80).
 CFG = TrainConfig(epochs=8, batch_size=64, eval_batch_size=128, lr=0.001, weight_decay=0.0,
-                  optimizer="adam", scheduler="cosine", pad=4, flip=True)
+                  optimizer="adam", scheduler="cosine", pad=4, flip=True, val_fraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def cuda() -> torch.device:
 
 @pytest.fixture(scope="module")
 def shapes() -> Arrays:
-    return make_shapes(images_per_class=200, test_fraction=0.25, seed=0)  # 900 train, 300 test
+    return make_shapes(images_per_class=200, test_fraction=0.25, seed=0)  # 810+90 train, 300 test
 
 
 def fast_cell(arrays: Arrays, device: torch.device, seed: int = 1, model: str = "resnet18"):
@@ -67,9 +69,10 @@ def test_auto_is_bf16_with_cuda_graphs_on_this_gpu(cuda):
 def test_fast_cell_learns_with_one_graph_per_shape_and_mode(cuda, shapes):
     result, counters = fast_cell(shapes, cuda)
     assert result.speed["compiled"] and result.speed["compile_fallback_reason"] is None
-    # Train and eval, each with a full and a last partial batch: four graphs at most. More means
-    # a recompilation per step or epoch; past dynamo's limit a frame silently runs eagerly.
-    assert counters["stats"]["unique_graphs"] <= 4, counters["stats"]
+    # Exactly two graphs: eval at eval_batch_size (the last batch padded) and train at
+    # batch_size (the last short batch eager). More means a recompilation per step or epoch;
+    # past dynamo's limit a frame silently runs eagerly.
+    assert counters["stats"]["unique_graphs"] == 2, counters["stats"]
     # CUDA graphs were really used: inductor skips them (and says why) for e.g. CPU tensors,
     # mutated inputs or ops that cannot be captured, deterministic ones included.
     assert not counters.get("inductor", {}).get("cudagraph_skips"), counters.get("inductor")
@@ -121,6 +124,76 @@ def test_compiled_steps_match_the_eager_steps(cuda, shapes):
     # by 0.2 % and left the gradient at cosine 0.94 to fp32's (compiled bf16: 0.96 to eager's).
     assert fast_loss == pytest.approx(plain_loss, rel=2e-2)
     assert cosine(fast_grad, plain_grad) > 0.9
+
+
+def test_padded_evaluation_predicts_what_eager_evaluation_predicts(cuda, shapes):
+    """fp32 through inductor and CUDA graphs, the last of 300 test images padded into a batch of
+    128, against the eager model on the whole split: the same predictions but for near-ties
+    (the kernels differ, so logits may differ in their last bits), the same mean loss to 1e-3."""
+    torch._dynamo.reset()
+    seed_everything(3)
+    model = build_model("resnet18", len(shapes.classes)).to(cuda)
+    test = to_device(shapes.test, cuda)
+    normalizer = Normalizer(NORMALIZATIONS["dataset"], channel_stats(shapes.train.images), cuda)
+    eager = evaluate(Runner(model, SpeedConfig("none", "none", False), cuda), test, normalizer,
+                     300)
+    padded = evaluate(Runner(model, SpeedConfig("none", "reduce-overhead", False), cuda), test,
+                      normalizer, 128)
+    assert (padded[2] == eager[2]).float().mean().item() >= 299 / 300
+    assert padded[0] == pytest.approx(eager[0], rel=1e-3)
+
+
+def captured_run(arrays: Arrays, device: torch.device, capture: bool, epochs: int = 3):
+    """resnet18 on shapes through the captured step's code, with or without the CUDA graph:
+    every step's model input, each epoch's sums and LR, the final predictions and weights."""
+    seed_everything(1)
+    model = build_model("resnet18", len(arrays.classes)).to(device)
+    runner = Runner(model, SpeedConfig("bf16", "captured", False), device)
+    train, test = (to_device(s, device) for s in (arrays.train, arrays.test))
+    bounds = batches_per_epoch(len(train.labels), CFG.batch_size)
+    normalizer = Normalizer(NORMALIZATIONS["dataset"], channel_stats(arrays.train.images), device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    steps = CapturedSteps(runner, CFG, train, bounds, normalizer, gen, epochs * len(bounds),
+                          capture=capture)
+    inputs = []
+    steps.on_step = lambda s: inputs.append(s.last_inputs.clone())
+    history = []
+    for _ in range(epochs):
+        loss_sum, correct, lr = steps.epoch()
+        history.append((loss_sum.item(), correct.item(), lr))
+    _, _, pred = evaluate(runner, test, normalizer, CFG.eval_batch_size)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    return steps, inputs, history, pred, weights
+
+
+def test_the_captured_step_gives_what_the_same_step_gives_uncaptured(cuda, shapes):
+    """A replay launches the step's kernels on the same inputs: the same random crops and flips
+    (the cell's generator registered with the graph), the same sums, LR, weights, predictions.
+    900 images in batches of 64: 14 full steps (3 eager, a capture, replays), 1 eager of 4."""
+    graphed, graphed_inputs, graphed_history, graphed_pred, graphed_weights = captured_run(
+        shapes, cuda, capture=True)
+    assert graphed.graph is not None and graphed.eager_full_steps == 3
+    assert graphed.runner.fallback_reason is None
+    _, inputs, history, pred, weights = captured_run(shapes, cuda, capture=False)
+    assert len(graphed_inputs) == len(inputs) == 3 * 15
+    assert all(torch.equal(a, b) for a, b in zip(graphed_inputs, inputs))
+    assert graphed_history == history
+    assert torch.equal(graphed_pred, pred)
+    assert all(torch.equal(graphed_weights[k], weights[k]) for k in weights)
+    assert history[-1][2] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at zero
+
+
+def test_a_captured_cell_learns(cuda, shapes):
+    seed_everything(1)
+    net = build_model("resnet18", len(shapes.classes))
+    result = train_cell(net, shapes, NORMALIZATIONS["dataset"], channel_stats(shapes.train.images),
+                        CFG, 1, cuda, speed=SpeedConfig("auto", "captured", False).resolve(cuda))
+    assert result.speed["compiled"] and result.speed["compile_fallback_reason"] is None
+    metrics = result.metrics()
+    assert metrics["execution"] == "cuda bf16 captured"
+    assert metrics["final_acc"] > 0.6 and metrics["learned"], metrics  # chance: 0.17
+    losses = [h["train_loss"] for h in result.history[1:]]
+    assert losses[-1] < 0.7 * losses[0]
 
 
 def test_train_stage_end_to_end_at_64_px(cuda, tmp_path, params):

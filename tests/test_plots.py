@@ -62,7 +62,7 @@ def test_plots_page_references_no_remote_script(repo):
     parser.feed(page)
     assert parser.remote == [] and set(parser.sources) == {None}  # all inline
     assert "window.vegaEmbed=" in page and "cdn.jsdelivr.net" not in page
-    assert page.count("vegaEmbed('#") == 4  # one chart per plot of dvc.yaml
+    assert page.count("vegaEmbed('#") == 6  # one chart per curve plot of dvc.yaml
 
 
 def screenshot(page: Path, png: Path, size: str = "1000,1400") -> np.ndarray:

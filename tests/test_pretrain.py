@@ -99,7 +99,7 @@ def repo(tmp_path_factory, reproduced_tiny_project):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     pre = params["start"]["pretrained"]
     pre["data"] = SMALL
-    pre["train"].update(epochs=1, batch_size=16)
+    pre["train"].update(epochs=1, batch_size=16, val_fraction=0.25)  # 18 of 72 held out
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
@@ -144,6 +144,10 @@ def test_pretrain_then_fine_tune_then_report(repo):
         np.testing.assert_allclose(start["channel_stats"]["mean"], u.mean(axis=(0, 1, 2)))
         np.testing.assert_allclose(start["channel_stats"]["std"], u.std(axis=(0, 1, 2)))
         assert start["train"]["epochs"] == 1 and start["seed"] == 0
+        # The pretraining holds out validation as a cell does: a choice made on it (per_model
+        # is its budget too) reads the source's validation accuracy, never its test accuracy.
+        assert start["train"]["val_fraction"] == 0.25
+        assert start["metrics"]["val_chance_acc"] == pytest.approx(2 / 18)  # 1 or 2 per class
         assert set(start["versions"]) == {"torch", "torchvision"}
         assert start["state_dict"]["fc.weight"].shape == (16, 512)
         ckpt = torch.load(repo / "checkpoints" / "resnet18-shapes-223.pt", weights_only=False)

@@ -463,3 +463,25 @@ def test_a_task_whose_worker_died_gets_a_fix_that_works(tmp_path, monkeypatch, r
     assert run.parent.name.startswith(fix.group(2))
     sh(tmp_path, "bash", "-c", fix.group(1))
     assert runs.exp_show(tmp_path, wait_s=0)[0]["rev"] == "workspace"
+
+
+def test_runs_on_another_kind_of_machine_are_left_out_naming_both():
+    """Same execution, other torch or vector width: other numbers, so not pooled (the CPU model
+    is not recorded in the metrics, so it cannot split runs)."""
+    here = "torch 2.14.1+cu130, torchvision 0.29.1, cpu x86_64 avx2 1 thread"
+    runs = parse_exp_show([
+        entry("a1", "here", {"resnet18-digits-1": 0.9}, "3"),
+        entry("b2", "newer-torch", {"resnet18-digits-2": 0.8}, "2"),
+        entry("c3", "also-here", {"resnet18-digits-2": 0.7}, "1"),
+        entry("d4", "unrecorded", {"resnet18-digits-2": 0.6}, "0")])
+    for run, machine in zip(runs, (here, here.replace("2.14.1", "2.15.0"), here, None)):
+        if machine:
+            run.cells[next(iter(run.cells))]["ran_on"] = machine
+    sel = select(runs, PARAMS, None, {("resnet18", "digits", 1): {"execution": EXEC,
+                                                                  "ran_on": here}})
+    assert set(sel.cells.run) == {"here", "also-here"}
+    assert sel.left_out == [
+        f"newer-torch, digits: ran as {EXEC} on {here.replace('2.14.1', '2.15.0')} "
+        f"(compared: {EXEC} on {here})",
+        f"unrecorded, digits: ran as {EXEC} (compared: {EXEC} on {here})"]
+    assert sel.fixed["digits"]["execution"] == f"{EXEC} on {here}"  # on the page, by name

@@ -8,8 +8,10 @@ setting side by side, best in bold), the original study's best-epoch figure, and
 accuracy per epoch), as markdown and as a static HTML page.
 
 Every verdict rests on the final epoch's test accuracy (no epoch chosen on the test set), on
-cells that learned, with the tests of significance.py: paired t over the same seeds, else Welch,
-McNemar for one shared seed; Holm-corrected over the page.
+cells that learned, with the exact permutation tests of significance.py over seeds (pairs where
+the seeds are shared), Holm-corrected over the page. A comparison whose seeds are too few for
+its test to reach ALPHA, or one seed each (McNemar then says whether the two trained models
+differ), gets no verdict and is not in the family.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from normbench.registry import ConfigError
 from normbench.weightdist import ROLES
 from normbench.grid import cell_name
 from normbench.report import mean_pm_std, png_bytes, stats_table
-from normbench.significance import (ALPHA, MAX_SEEDS, POWER, Test, compare_seeds, holm,
-                                    mcnemar)
-from normbench.runs import (Run, Selection, attach_locks, exp_show, parse_exp_show,
-                            read_cell_outputs, read_lock, reference_params, select)
+from normbench.significance import (ALPHA, MAX_SEEDS, POWER, Test, can_reject, compare_seeds,
+                                    detectable, fmt_p, holm, mcnemar, seeds_for_verdict)
+from normbench.runs import (MissingOutputs, Run, Selection, attach_locks, exp_show,
+                            parse_exp_show, read_cell_outputs, read_lock, reference_params,
+                            revision_label, select)
 from normbench import weightcompare
 from normbench.verdict_figure import verdict_figure
 
@@ -67,12 +70,12 @@ def not_learned(group: pd.DataFrame) -> list[int]:
     return [int(s) for s, ok in group.learned.items() if ok is not None and not bool(ok)]
 
 
-def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions,
-                 alpha: float = ALPHA) -> Test:
+def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions) -> Test:
     """Test two settings' rows of one model x dataset (index: seed) on the final accuracy.
 
-    A group with a cell that did not learn gets no test: such a cell is no evidence. ``alpha``:
-    the level of the detectable difference (see significance.compare_seeds).
+    A group with a cell that did not learn gets no test: such a cell is no evidence. One seed
+    each, the same one: McNemar's test on the test images, which can show that the two trained
+    models differ but not that the settings do (no p over seeds, no verdict).
     """
     delta = float(other[VERDICT_FIGURE].mean() - base[VERDICT_FIGURE].mean())
     failed = {name: seeds for name, seeds in (("baseline", not_learned(base)),
@@ -82,28 +85,46 @@ def compare_pair(base: pd.DataFrame, other: pd.DataFrame, predictions,
                     "; ".join(f"{n} seed(s) {', '.join(map(str, s))}" for n, s in failed.items())
                     + ": no verdict")
     if len(base) == len(other) == 1 and base.index[0] == other.index[0]:
-        a, b = predictions(base.rev.iloc[0], other.rev.iloc[0], int(base.index[0]))
-        return Test("McNemar", delta, mcnemar(a, b))
-    return compare_seeds(base[VERDICT_FIGURE].to_dict(), other[VERDICT_FIGURE].to_dict(), alpha)
+        seed = int(base.index[0])
+        try:
+            a, b = predictions(base.rev.iloc[0], other.rev.iloc[0], seed)
+        except OutputsMissing as e:  # listed on the page with the command that brings them
+            return Test("none", delta, note=f"McNemar's test needs {e}: no test")
+        p = mcnemar(a, b)
+        shown = "differ" if p < ALPHA else "are not shown to differ"
+        return Test("McNemar", delta, note=f"one seed each (seed {seed}): the two trained models "
+                    f"{shown} (McNemar's exact test over the {len(a)} test images, p={fmt_p(p)}, "
+                    "uncorrected); that is no test of the settings, whose effect only seeds show")
+    return compare_seeds(base[VERDICT_FIGURE].to_dict(), other[VERDICT_FIGURE].to_dict())
+
+
+class OutputsMissing(ConfigError):
+    """Outputs a test needs are not in the local DVC cache (they are listed on the page)."""
 
 
 # pragma: no mutate start (I/O: reads the DVC cache; `make mutation` covers tables and verdicts)
-def prediction_loader(repo: Path):
+def prediction_loader(repo: Path, cells: pd.DataFrame, missing: MissingOutputs):
     """(model, dataset) -> (rev_a, rev_b, seed) -> per-image correctness of both runs' cells.
 
     Predictions and test labels are read at each run's own revision from the DVC cache. A file
-    that cannot be read is an error naming it and the fix, never a silent "no test".
+    that cannot be read there is added to ``missing`` and raises OutputsMissing: that pair gets
+    no test, saying why, and the page says how to bring the file.
     """
     import dvc.api  # heavy: imported only when predictions are needed
+    from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
 
     def load(path: str, rev: str) -> np.ndarray:
         try:
             with dvc.api.open(path, repo=str(repo), rev=rev, mode="rb") as f:
                 return np.load(io.BytesIO(f.read()))
-        except Exception as e:  # DVC raises many kinds; the cause goes into the message
+        except (OSError, DataIndexError, DvcException) as e:  # DVC's kinds of "not here"
+            label = revision_label(cells, rev)
+            missing.add(label, path)
+            raise OutputsMissing(f"{path} of {label}, not in the local DVC cache") from e
+        except Exception as e:  # a damaged file (np.load's kinds): the cause in the message
             raise ConfigError(f"cannot read {path} at revision {rev[:7]} for McNemar's test "
-                              f"({type(e).__name__}: {e}); fetch it with `dvc pull` or "
-                              "`dvc exp pull <remote> <experiment>`") from e
+                              f"({type(e).__name__}: {e})") from e
 
     def pair(model: str, dataset: str):
         def get(rev_a: str, rev_b: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,25 +142,26 @@ def prediction_loader(repo: Path):
 # pragma: no mutate end
 
 
-def mark(t: Test, adjusted: float | None) -> str:
-    if adjusted is None:
-        return " (no test)"
-    return " (**)" if adjusted < 0.01 else " (*)" if adjusted < ALPHA else " (n.s.)"
-
-
 def verdict_word(t: Test, adjusted: float | None) -> str:
     if adjusted is None:
-        return "no difference" if t.note.startswith("identical") else "no test"
+        return "no test" if t.test == "none" else "too few seeds"
     if adjusted >= ALPHA:
         return "no significant difference"
     return "better" if t.delta > 0 else "worse"
 
 
+def mark(verdict: str, adjusted: float | None) -> str:
+    if adjusted is None:
+        return f" ({verdict})"
+    return " (**)" if adjusted < 0.01 else " (*)" if adjusted < ALPHA else " (n.s.)"
+
+
 def correct(tests: list[Test]) -> list[float | None]:
-    """Holm-adjusted p of every test that has a p (one family: the page), None elsewhere."""
-    ps = [t.p for t in tests if t.p is not None]
+    """Holm-adjusted p of every test that can reach ALPHA with its seeds (one family: the
+    page), None elsewhere: a test that cannot is left out on its seed counts alone."""
+    ps = [t.p for t in tests if can_reject(t)]
     adjusted = iter(holm(ps))
-    return [next(adjusted) if t.p is not None else None for t in tests]
+    return [next(adjusted) if can_reject(t) else None for t in tests]
 
 
 def _group(cells: pd.DataFrame, setting: str, model: str, dataset: str) -> pd.DataFrame | None:
@@ -163,30 +185,39 @@ def tables(cells: pd.DataFrame, baseline: str, pair_loader) -> dict[str, pd.Data
                         continue  # two settings are one test, counted once by Holm
                     seen.add(pair)
                     pairs.append((model, dataset, setting, reference))
-    # What a test could detect is stated at ALPHA / m: what Holm asks of the first of m tests.
-    level = ALPHA / max(len(pairs), 1)
     found = [(*pair, compare_pair(_group(cells, pair[3], *pair[:2]),
-                                  _group(cells, pair[2], *pair[:2]), pair_loader(*pair[:2]), level))
+                                  _group(cells, pair[2], *pair[:2]), pair_loader(*pair[:2])))
              for pair in pairs]
     adjusted = correct([t for *_, t in found])
+    # What a test could detect is stated at ALPHA / m, m the tests Holm corrects: what it asks
+    # of the first of them. The seeds a verdict needs, at ALPHA / (comparisons whose cells
+    # learned): the family once every one of them has enough seeds.
+    level = ALPHA / max(sum(a is not None for a in adjusted), 1)
+    verdict_level = ALPHA / max(sum(t.test != "none" for *_, t in found), 1)
     table2, rows = {}, []
     marks = {}
     for (model, dataset, setting, reference, t), adj in zip(found, adjusted):
+        verdict = verdict_word(t, adj)
         # A table may read the test in either direction (Table 2 against the baseline, the
         # mismatch table against the matched pairing): the mark of both, the delta's sign flipped.
         for ours, theirs, delta in ((setting, reference, t.delta), (reference, setting, -t.delta)):
             colour = "green" if delta > 0 else "red"
-            text = f" [{colour}:{delta * 100:+.2f}]{mark(t, adj)}"
+            text = f" [{colour}:{delta * 100:+.2f}]{mark(verdict, adj)}"
             marks[(model, dataset, ours, theirs)] = text
             if theirs == baseline_of(ours, baseline) and ours != theirs:
                 table2[(model, ours, dataset)] = text
+        values = [_group(cells, s, model, dataset)[VERDICT_FIGURE].to_dict()
+                  for s in (reference, setting)]
+        found_with = None if adj is None else detectable(*values, level)
         rows.append({"model": model, "dataset": dataset, "setting": setting,
                      "baseline": reference, "test": t.test,
-                     "delta (points)": round(t.delta * 100, 2), "p": t.p, "p (Holm)": adj,
-                     "verdict": verdict_word(t, adj),
-                     "detectable (points)": None if t.detectable is None
-                     else round(t.detectable * 100, 2),
-                     "seeds needed": t.seeds_needed, "note": t.note})
+                     "delta (points)": round(t.delta * 100, 2), "p": t.p,
+                     "smallest p": t.smallest_p, "p (Holm)": adj, "verdict": verdict,
+                     "detectable (points)": None if found_with is None
+                     else round(found_with * 100, 2),
+                     "seeds for a verdict": None if t.test == "none" else
+                     seeds_for_verdict(verdict_level, paired=t.test != "relabeling"),
+                     "note": t.note})
     t2 = []
     for model in models:
         for setting in settings:
@@ -242,38 +273,39 @@ def side_by_side(cells: pd.DataFrame, figure: str) -> pd.DataFrame:
     return table
 
 
-def _fmt_p(p: float | None) -> str:
-    return "-" if p is None or pd.isna(p) else f"{p:.3g}"
-
-
 def _sentence(r) -> str:
     who = f"{r.setting} against {r.baseline}, {r.model}"
+    delta = f"{r['delta (points)']:+.2f} points"
+    tested = f"exact {r.test} test, p={fmt_p(r.p)}, Holm-adjusted {fmt_p(r['p (Holm)'])}"
     if r.verdict in ("better", "worse"):
-        return (f"{who}: {r.verdict} ({r['delta (points)']:+.2f} points, {r.test} "
-                f"p={_fmt_p(r.p)}, Holm-adjusted {_fmt_p(r['p (Holm)'])})")
+        return f"{who}: {r.verdict} ({delta}, {tested})"
     if r.verdict == "no significant difference":
-        need = (f"the observed {r['delta (points)']:+.2f} would need "
-                + (f"{int(r['seeds needed'])} seeds per setting" if pd.notna(r["seeds needed"])
-                   else f"more than {MAX_SEEDS} seeds"))
-        power = ("" if pd.isna(r["detectable (points)"]) else
-                 f"; this test could detect {r['detectable (points)']:.2f} points with "
-                 f"{POWER:.0%} power at the page's corrected level, {need}")
-        return (f"{who}: no significant difference ({r['delta (points)']:+.2f} points, {r.test} "
-                f"p={_fmt_p(r.p)}, Holm-adjusted {_fmt_p(r['p (Holm)'])}{power})")
-    return f"{who}: {r.verdict} ({r['delta (points)']:+.2f} points; {r.note})"
+        found = ("no spread over seeds, so what it could detect is not estimated"
+                 if pd.isna(r["detectable (points)"]) else
+                 f"this test could detect {r['detectable (points)']:.2f} points with "
+                 f"{POWER:.0%} power at the page's corrected level")
+        return f"{who}: no significant difference ({delta}, {tested}; {found})"
+    if r.verdict == "too few seeds":
+        need = (f"more than {MAX_SEEDS}" if pd.isna(r["seeds for a verdict"])
+                else f"at least {int(r['seeds for a verdict'])}")
+        seen = (r.note if r.test == "McNemar" else f"exact {r.test} test, p={fmt_p(r.p)}, "
+                f"but it cannot go below {fmt_p(r['smallest p'])} with these seeds")
+        return (f"{who}: no verdict, too few seeds ({delta}; {seen}; a verdict on this page "
+                f"needs {need} seeds per setting)")
+    return f"{who}: {r.verdict} ({delta}; {r.note})"
 
 
 def verdicts(tests: pd.DataFrame, baseline: str, settings: list[str]) -> list[str]:
     """Per dataset, each setting's verdict against the baseline norm, in words.
 
-    A weights kind without baseline runs is named: nothing is compared with a substitute.
+    A baseline norm without runs under some weights is named: nothing is compared with a
+    substitute.
     """
     lines = []
-    kinds = sorted({weightcompare.parse_setting(s)["weights"] for s in settings})
-    missing = [k for k in kinds if f"norm={baseline} weights={k}" not in settings]
-    for kind in missing:
-        lines.append(f"No runs of the baseline norm={baseline} weights={kind}: no setting with "
-                     f"weights={kind} is compared (none against a substitute).")
+    for reference in sorted({baseline_of(s, baseline) for s in settings} - set(settings)):
+        kind = reference.split(" ", 1)[1]
+        lines.append(f"No runs of the baseline {reference}: no setting with {kind} is compared "
+                     f"with norm={baseline} (none against a substitute).")
     if tests.empty:
         return lines or [f"No setting could be compared with norm={baseline}."]
     for dataset, group in tests.groupby("dataset"):
@@ -355,12 +387,16 @@ def group_left_out(left_out: list[str]) -> list[str]:
 
 
 def _format_tests(tests: pd.DataFrame) -> pd.DataFrame:
-    """The tests table with p shown to 3 significant digits (the verdicts used them unrounded)."""
+    """The tests table with p shown to 3 significant digits (the verdicts used them unrounded)
+    and seed counts as whole numbers."""
     if tests.empty:
         return tests
     shown = tests.copy()
-    for col in ("p", "p (Holm)"):
-        shown[col] = shown[col].map(_fmt_p)
+    for col in ("p", "smallest p", "p (Holm)"):
+        shown[col] = shown[col].map(fmt_p)
+    if "seeds for a verdict" in shown:
+        shown["seeds for a verdict"] = shown["seeds for a verdict"].map(
+            lambda n: "" if pd.isna(n) else str(int(n)))
     return shown.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else v)
 
 
@@ -381,14 +417,16 @@ class WeightSection:
 
 
 # pragma: no mutate block (to the end: I/O, writing the page, the command line)
-def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSection:
+def weight_section(repo: Path, cells: pd.DataFrame, baseline: str,
+                   missing: MissingOutputs) -> WeightSection:
     """Read every selected cell's weight snapshots and compare them across settings.
 
-    Cells that did not learn are drawn but carry no verdict.
+    Cells that did not learn are drawn but carry no verdict; cells whose snapshots are not in
+    the local DVC cache are left out and added to ``missing``.
     """
     records = []
     outputs = read_cell_outputs(repo, cells, "weightdist/{cell}/summary.json",
-                                "weightdist/{cell}/samples.npz")
+                                "weightdist/{cell}/samples.npz", missing=missing)
     for (setting, model, dataset, seed), (summary, samples) in outputs.items():
         with np.load(io.BytesIO(samples)) as z:
             arrays = {role: z[f"{role}_samples"] for role in ROLES}
@@ -402,7 +440,8 @@ def weight_section(repo: Path, cells: pd.DataFrame, baseline: str) -> WeightSect
 
 
 def write(out: Path, baseline: str, runs: list[Run], selection: Selection, result: dict,
-          stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection) -> None:
+          stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection,
+          missing: MissingOutputs | None = None) -> None:
     """compare/README.md, compare/index.html (figures embedded) and the figures as PNG."""
     out.mkdir(parents=True, exist_ok=True)
     lines = verdicts(result["tests"], baseline, list(selection.cells.index.unique("setting")))
@@ -418,6 +457,11 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         ("Held fixed", "Every compared cell was trained with these params; only the setting "
          "(norm, weights) and the seed vary. " + left, held_fixed(selection)),
     ]
+    if missing is not None and missing.paths:
+        sections.append(("Outputs not in the local DVC cache",
+                         "Their cells are in the tables (metrics are in git); the tests and weight "
+                         "figures that need these files went on without them.\n\n"
+                         + "\n\n".join([*missing.lines(), missing.FIX]), None))
     if not selection.conflicts.empty:
         sections.append(("Conflicting results",
                          "The same cell, trained with the same params, gave different results "
@@ -429,10 +473,12 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          "same weights",
          "Mean ± std over seeds of the test accuracy after the last epoch (no epoch is chosen on "
          "the test set); the delta to the baseline in green (better) or red (worse); the mark "
-         f"reads the Holm-adjusted p: (*) < {ALPHA}, (**) < 0.01, (n.s.) not significant, "
-         "(no test) see the Tests table. The test is named per row in the Tests table: a paired "
-         "t-test over seeds when both settings ran the same seeds, Welch's t-test otherwise, "
-         "McNemar's exact test on the test predictions for one shared seed.",
+         f"reads the Holm-adjusted p: (*) < {ALPHA}, (**) < 0.01, (n.s.) not significant; "
+         "(too few seeds): no verdict is possible with these seeds; (no test): a cell did not "
+         "learn. The test of every row, in the Tests table, is an exact permutation test of the "
+         "difference in mean over seeds: sign-flip when both settings ran the same seeds (a "
+         "seed fixes the initial weights and the batch order), relabeling when they ran "
+         "different ones.",
          result["table2"]),
         *([] if result["mismatch"].empty else [("Pretraining norm against fine-tuning norm",
          "The pipeline's own pretraining (weights: pretrained): rows the norm the weights were "
@@ -446,12 +492,15 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
          "The highest test accuracy over the epochs of each cell, as the seed study reports it. "
          "The epoch is chosen on the test set, so this figure is optimistic (more so for noisy "
          "settings); no verdict uses it.", result["best"]),
-        ("Tests", "One family per page: the p of every row is corrected with Holm's step-down "
-         f"method, and the verdict reads the adjusted p. 'detectable' is the smallest difference "
-         f"this test finds with {POWER:.0%} power at α / m (α = {ALPHA}, m the comparisons of "
-         "this page: the level Holm's correction asks of its first test), from the observed "
-         "spread over seeds; 'seeds needed' the seeds per setting at which the observed delta "
-         "would be found with that power at that level.",
+        ("Tests", "One family per page: every test that can reach α with its seeds is corrected "
+         "with Holm's step-down method, and the verdict reads the adjusted p; a test whose "
+         "'smallest p' (the least its seeds allow) is above α is left out of the family, on "
+         "its seed counts alone, and gives no verdict. 'detectable' is the smallest difference "
+         f"this test finds with {POWER:.0%} power at α / m (α = {ALPHA}, m the tests in the "
+         "family: the level Holm's correction asks of its first test), if the cells scatter "
+         "normally with the observed spread (a seeded simulation of the test; never from the "
+         "observed difference). 'seeds for a verdict': the fewest seeds per setting with which "
+         "this test can go below α / m, m the comparisons of this page whose cells learned.",
          _format_tests(result["tests"])),
     ]
     sections.append(("What normalization does to the weights",
@@ -459,9 +508,10 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
                      "changing the seed does? The one pre-stated test: the final drift "
                      "||W - W0|| / ||W0|| over seeds against the baseline norm with the same "
                      "weights, and for pretrained weights also against scratch with the same "
-                     "norm (paired t over the same seeds, else Welch), Holm-corrected over the "
-                     "weight tests of this page. The Wasserstein-1 distances and their "
-                     "permutation p describe the distributions; no verdict rests on them."
+                     "norm (the exact permutation test of the accuracies: sign-flip over the "
+                     "same seeds, else relabeling), Holm-corrected over the weight tests of this "
+                     "page that can reach α with their seeds. The Wasserstein-1 distances and "
+                     "their permutation p describe the distributions; no verdict rests on them."
                      "\n\n" + "\n\n".join(weights.lines), weights.tests))
     if stats is not None:
         sections.append(("Table 1: dataset statistics after each setting", "", stats))
@@ -523,17 +573,24 @@ def main(argv: list[str] | None = None) -> None:
                           "runs like another one")
     cells = selection.cells
     check_norm(args.baseline)
-    result = tables(cells, args.baseline, prediction_loader(repo))
+    missing = MissingOutputs()
+    result = tables(cells, args.baseline, prediction_loader(repo, cells, missing))
     stats_dir = repo / "data" / "stats"
     stats = {p.stem: read_json(p, "statistics", "") for p in sorted(stats_dir.glob("*.json"))}
     history = histories(runs, cells, repo)
     write(Path(args.out), args.baseline, runs, selection, result,
           stats_table(stats) if stats else None,
           figure1(history) if not history.empty else None,
-          weight_section(repo, cells, args.baseline))
+          weight_section(repo, cells, args.baseline, missing), missing)
     print(f"compare -> {args.out}/index.html and {args.out}/README.md "
           f"({len(selection.left_out)} run/dataset pair(s) left out, "
           f"{len(selection.conflicts)} conflicting cell(s))")
+    for line in group_left_out(selection.left_out):  # by name: a run on another kind of machine
+        print(f"left out: {line}")
+    for line in missing.lines():
+        print(f"not in the local DVC cache: {line}")
+    if missing.paths:
+        print(missing.FIX)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import yaml
 
 from normbench.placement import place_cell
 from normbench.registry import ConfigError, Registry
+from normbench.validation import check_fraction
 
 if TYPE_CHECKING:
     import torch
@@ -20,9 +21,10 @@ SCHEDULERS = Registry("train.scheduler", {"cosine": "cosine", "none": "none"})
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 AMPS = Registry("speed.amp", {"auto": "auto", "bf16": "bf16", "none": "none"})
 # torch.compile's modes; reduce-overhead adds CUDA graphs, which is what a launch-bound 32 px net
-# needs (one replay instead of hundreds of kernel launches per step).
+# needs (one replay instead of hundreds of kernel launches per step). captured: no torch.compile,
+# the whole train step in one CUDA graph (normbench.captured; CUDA only, never chosen by auto).
 COMPILE_MODES = Registry("speed.compile", {m: m for m in (
-    "auto", "reduce-overhead", "default", "max-autotune", "none")})
+    "auto", "reduce-overhead", "default", "max-autotune", "captured", "none")})
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -77,13 +79,14 @@ class TrainConfig:
 
     epochs: int  # passes over the train split
     batch_size: int  # images per optimizer step
-    eval_batch_size: int  # images per forward pass at test time (memory only, not results)
+    eval_batch_size: int  # images per forward pass at evaluation (memory only, not results)
     lr: float  # peak learning rate
     weight_decay: float  # L2 penalty coefficient (Adam's coupled form)
     optimizer: str  # adam | sgd (momentum 0.9)
     scheduler: str  # cosine (per step, down to 0) | none
     pad: int  # zero padding in pixels before the random crop back to the image size
     flip: bool  # random horizontal flip, per image
+    val_fraction: float  # share of the train split held out for validation (normbench.validation)
 
     @classmethod
     def from_params(cls, block: Any) -> "TrainConfig":
@@ -94,6 +97,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg, key)}")
         if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.pad < 0:
             raise ConfigError("train.lr must be > 0, train.weight_decay and train.pad >= 0")
+        check_fraction(cfg.val_fraction)
         OPTIMIZERS.check(cfg.optimizer)
         SCHEDULERS.check(cfg.scheduler)
         return cfg
@@ -158,7 +162,7 @@ class SpeedConfig:
     """
 
     amp: str  # auto | bf16 (autocast forward and backward; weights, optimizer stay fp32) | none
-    compile: str  # auto | reduce-overhead | default | max-autotune | none (torch.compile mode)
+    compile: str  # auto | reduce-overhead | default | max-autotune | captured | none
     compile_fallback: bool  # torch.compile failing: train eager with a warning (true) or stop
 
     @classmethod
@@ -169,10 +173,14 @@ class SpeedConfig:
         return cfg
 
     def resolve(self, device: torch.device) -> "SpeedConfig":
-        """Replace ``auto`` by what it means on ``device``."""
+        """Replace ``auto`` by what it means on ``device``; refuse what ``device`` cannot do."""
         import torch
 
         cuda = device.type == "cuda"
+        if self.compile == "captured" and not cuda:
+            raise ConfigError(f"speed.compile: captured needs a CUDA device (the step is "
+                              f"captured in a CUDA graph), and this cell runs on {device}; "
+                              "use speed.compile: auto or none")
         bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         amp = ("bf16" if bf16 else "none") if self.amp == "auto" else self.amp
         mode = ("reduce-overhead" if cuda else "none") if self.compile == "auto" else self.compile

@@ -487,7 +487,8 @@ def stop_local(repo: Path, names: list[str]) -> None:
 
 
 def default_jobs() -> int:
-    """Workers that fit this machine: two per GPU, else one per two CPU cores.
+    """Workers that fit this machine: per GPU as measured (normbench.gpushare), else one per two
+    CPU cores.
 
     On a CPU a cell's torch already uses every core it is given, so more workers mostly share
     the same cores; on a GPU a 32 px cell leaves it idle between kernel launches.
@@ -495,5 +496,7 @@ def default_jobs() -> int:
     import torch
 
     if torch.cuda.is_available():
-        return 2 * torch.cuda.device_count()
+        from normbench.gpushare import for_this_gpu
+
+        return for_this_gpu().jobs * torch.cuda.device_count()
     return max(1, usable_cores() // 2)

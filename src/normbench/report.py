@@ -27,7 +27,8 @@ from normbench.normalizations import NORMALIZATIONS  # noqa: E402
 from normbench.registry import ConfigError  # noqa: E402
 from normbench.weightdist import ROLES  # noqa: E402
 
-CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", *(f"drift_{r}" for r in ROLES))
+CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+          *(f"drift_{r}" for r in ROLES))
 
 
 def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
 
 # Metrics averaged over seeds per model x dataset in metrics.json, so that `dvc metrics diff`
 # prints the change that matters (e.g. resnet18-digits.best_acc_mean), not only per-seed cells.
-MEAN_KEYS = ("final_acc", "best_acc", "drift_first_conv", "drift_deep_conv")
+MEAN_KEYS = ("final_acc", "val_acc", "best_acc", "drift_first_conv", "drift_deep_conv")
 
 
 def metrics_summary(metrics: pd.DataFrame) -> dict[str, dict]:
@@ -91,7 +92,7 @@ def mean_pm_std(values: pd.Series, scale: float = 100.0) -> str:
 
 
 def accuracy_table(metrics: pd.DataFrame, grid: Grid, key: str = "final_acc") -> pd.DataFrame:
-    """Test accuracy (%) per model x dataset, mean ± sample std over seeds (``key``: a metric)."""
+    """Accuracy (%) per model x dataset, mean ± sample std over seeds (``key``: a metric)."""
     table = (metrics.groupby(["model", "dataset"], sort=False)[key]
              .agg(mean_pm_std).unstack("dataset"))
     table = table.reindex(index=grid.models, columns=grid.datasets)
@@ -244,6 +245,8 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
                                                     "test accuracy (%)")),
         "loss_history.png": png_bytes(history_figure(history, grid, "test_loss",
                                                 "test loss (cross-entropy)")),
+        "val_accuracy_history.png": png_bytes(history_figure(history, grid, "val_acc",
+                                                        "validation accuracy (%)")),
     }
     n_seeds = len(grid.seeds)
     spread = "mean ± sample std over seeds" if n_seeds > 1 else "one seed, so no error bar"
@@ -252,14 +255,22 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
          f"Test accuracy after the last epoch ({spread}): the figure every verdict uses, since "
          "it involves no choice made on the test set.",
          accuracy_table(metrics, grid), None),
+        ("Final validation accuracy (%)",
+         f"Accuracy after the last epoch on the validation split ({spread}): the share of the "
+         "train split that the cell holds out (train.val_fraction, the same images for every "
+         "seed and setting). What a choice of hyperparameters or of an epoch reads, so that no "
+         "choice is made on the test set.",
+         accuracy_table(metrics, grid, "val_acc"), None),
         ("Best test accuracy (%), the original study's figure",
          "Highest test accuracy over the epochs of each cell, as the seed study reports it. The "
-         "epoch is chosen on the test set, so this figure is optimistic; no verdict uses it.",
+         "epoch is chosen on the test set, so this figure is optimistic; no choice and no "
+         "verdict uses it (best_epoch, in the cells' table, is chosen on validation).",
          accuracy_table(metrics, grid, "best_acc"), None),
         ("Cells that did not learn", not_learned_text(metrics), None, None),
         ("Test accuracy per epoch", "Epoch 0 is the model before training.", None,
          "accuracy_history.png"),
         ("Test loss per epoch", "", None, "loss_history.png"),
+        ("Validation accuracy per epoch", "", None, "val_accuracy_history.png"),
         ("Dataset statistics (Table 1, every setting)",
          "Per-channel mean and std of the train split in [0, 1] units, and of the inputs the "
          "model sees after each normalization (at test time; in training a per-image setting is "

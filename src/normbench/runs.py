@@ -6,7 +6,11 @@ it only if everything that decides what it learns matches the reference run's:
 - every learning param (the ``train`` block, its dataset's ``data.<name>`` block, ``speed``, ...);
 - its train stage's code and data: the dependency hashes that the run's own ``dvc.lock`` records
   for the cell;
-- how it ran: device kind, precision and compile mode as resolved (``execution`` in its metrics).
+- how it ran: device kind, precision and compile mode as resolved (``execution`` in its metrics),
+  and on what kind of machine (``ran_on``: torch and torchvision versions, the CPU's pinned vector
+  width and thread count or the GPU's name; normbench.machine). The CPU's model is not part of
+  it: the train stage pins what made two x86-64 CPUs differ. A run that recorded no ``ran_on``
+  (older code) matches none that did.
 
 A cell whose ``dvc.lock`` entry disagrees with the run's params.yaml (params edited without
 ``dvc repro``), or that has no entry, is stale and left out. Every left-out cell is listed with
@@ -302,6 +306,13 @@ class Key:
         return out
 
 
+def how_it_ran(metrics: dict) -> str:
+    """A cell's ``execution`` and, where recorded, ``ran_on``, as one text ("cpu fp32 eager on
+    torch 2.14.1, ..."): cells are compared only when it is equal."""
+    execution, machine = metrics.get("execution", MISSING), metrics.get("ran_on")
+    return f"{execution} on {machine}" if machine else execution
+
+
 def reference_keys(params: dict, lock: dict, cells: dict[tuple, dict],
                    datasets: set[str]) -> dict[str, Key]:
     """Per dataset, the reference's key: from its params, its dvc.lock and its cells' metrics.
@@ -314,7 +325,7 @@ def reference_keys(params: dict, lock: dict, cells: dict[tuple, dict],
         ours = [(c, m) for c, m in cells.items() if c[1] == dataset]
         deps = next((d for c, _ in ours if (d := cell_deps(lock, cell_name(*c))) is not None),
                     None)
-        execution = next((m.get("execution", MISSING) for _, m in ours), None)
+        execution = next((how_it_ran(m) for _, m in ours), None)
         keys[dataset] = Key(learning_params(params, dataset), deps, execution)
     return keys
 
@@ -372,7 +383,7 @@ def select(runs: list[Run], reference: dict, reference_lock: dict | None = None,
                 deps = None if run.lock is None else cell_deps(run.lock, cell)
                 why = key_for(keys, dataset, run.params, reference).differences(
                                                 learning_params(run.params, dataset),
-                                                deps, metrics.get("execution", MISSING))
+                                                deps, how_it_ran(metrics))
             if why:
                 reasons.setdefault(dataset, [])
                 reasons[dataset] += [w for w in why if w not in reasons[dataset]]
@@ -399,23 +410,56 @@ def select(runs: list[Run], reference: dict, reference_lock: dict | None = None,
     return Selection(cells, left_out, pd.DataFrame(conflicts), fixed)
 
 
+@dataclass
+class MissingOutputs:
+    """Outputs a comparison wanted that the local DVC cache does not have, per revision.
+
+    A commit made on another machine (or an experiment pulled without its data) names outputs
+    this cache never received; they are listed with the commands that bring them, and the
+    comparison goes on without them.
+    """
+
+    FIX = ("Bring them with `dvc pull` (a commit) or `dvc exp pull <remote> <experiment>` from a "
+           "DVC remote that has them, or train them again here with `dvc repro` at that revision "
+           "(`dvc exp apply <experiment>` first for an experiment): the same files only where "
+           "this machine reproduces that revision's results (`make repro` says whether it does).")
+
+    paths: dict[str, set[str]] = field(default_factory=dict)  # revision label -> paths
+
+    def add(self, rev: str, path: str) -> None:
+        self.paths.setdefault(rev, set()).add(path)
+
+    def lines(self) -> list[str]:
+        """One line per revision: "<run> (<rev>): <path>, <path>"."""
+        return [f"{rev}: {', '.join(sorted(paths))}" for rev, paths in sorted(self.paths.items())]
+
+
+def revision_label(cells: pd.DataFrame, rev: str) -> str:
+    """"<run name> (<rev[:7]>)" of a revision of the selected cells."""
+    names = cells.run[cells.rev == rev]
+    return f"{names.iloc[0]} ({rev[:7]})" if len(names) else rev[:7]
+
+
 # pragma: no mutate block (to the end: I/O, reads the DVC cache)
-def read_cell_outputs(repo: Path, cells: pd.DataFrame, *paths: str) -> dict[tuple, list[bytes]]:
+def read_cell_outputs(repo: Path, cells: pd.DataFrame, *paths: str,
+                      missing: MissingOutputs) -> dict[tuple, list[bytes]]:
     """Each selected cell's DVC-cached outputs at its run's revision, keyed like ``cells``.
 
     ``paths`` are formatted with ``cell=<cell name>``, e.g. ``weightdist/{cell}/summary.json``.
-    A cell whose files are not in the local cache (an experiment pulled without its data) is
-    left out.
+    A cell whose files are not in the local cache is left out, and named in ``missing``.
     """
-    from dvc.repo import Repo  # heavy: only needed when outputs are read
+    from dvc.exceptions import DvcException  # heavy: only needed when outputs are read
+    from dvc.repo import Repo
+    from dvc_data.index.index import DataIndexError
 
     found = {}
     for rev, group in cells.groupby("rev"):
         with Repo.open(str(repo), rev=rev) as dvc_repo:
             for key in group.index:
-                cell = cell_name(*key[1:])
+                files = [p.format(cell=cell_name(*key[1:])) for p in paths]
                 try:
-                    found[key] = [dvc_repo.dvcfs.read_bytes(p.format(cell=cell)) for p in paths]
-                except (FileNotFoundError, OSError):
-                    continue
+                    found[key] = [dvc_repo.dvcfs.read_bytes(f) for f in files]
+                except (OSError, DataIndexError, DvcException):  # DVC's kinds of "not here"
+                    for f in files:
+                        missing.add(revision_label(cells, rev), f)
     return found

@@ -163,7 +163,14 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
     outcomes = {}
     try:
         if todo and args.executor == "local":
-            outcomes = run_local(repo, todo, jobs)
+            from normbench import gpushare
+
+            share = gpushare.for_this_gpu()
+            with gpushare.sharing(repo, jobs, share.mps) as mps:
+                if share.why:
+                    print(f"study: cells per GPU: {share.why}{'; MPS on' if mps else ''}",
+                          flush=True)
+                outcomes = run_local(repo, todo, jobs)
         elif todo:
             from normbench.cluster import run_on_slurm
 

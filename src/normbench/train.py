@@ -20,10 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.config import SpeedConfig, TrainConfig
-from normbench.arrays import Arrays
+from normbench.arrays import Arrays, Split
+from normbench import compile_cache
+from normbench.compile_cache import CompileCache
 from normbench.io import StageFailed
+from normbench.machine import ran_on
 from normbench.normalizations import ChannelStats, Norm, Normalizer
 from normbench.significance import ALPHA, above_chance
+from normbench.validation import choose_epoch, hold_out
 from normbench.weightdist import WeightRecorder
 
 T = TypeVar("T")
@@ -56,22 +60,39 @@ class Runner:
     if ``compile_fallback`` allows, switches to the eager model for the rest of the cell.
     """
 
-    def __init__(self, model: nn.Module, speed: SpeedConfig, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, speed: SpeedConfig, device: torch.device,
+                 cache: CompileCache | None = None) -> None:
         self.model = model
         self.device = device
         self.speed = speed
         self.amp = speed.amp == "bf16"
         self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.cache: CompileCache | None = None
         self.fallback_reason: str | None = None  # why the cell runs eager although compile was set
-        if speed.compile != "none":
+        if speed.compile not in ("none", "captured"):  # captured: normbench.captured
             try:
-                self.compiled = torch.compile(model, mode=speed.compile)
+                # dynamic=False: one graph per input shape, never a symbolic batch size. The
+                # loops keep to two shapes (``fixed_shapes``): a dynamic graph would cost a
+                # second full compile and slower kernels for the rest of the cell.
+                self.compiled = torch.compile(model, mode=speed.compile, dynamic=False)
             except RuntimeError as e:  # e.g. a Python version torch cannot compile for
-                self._give_up(e)
+                self.give_up(e)
+        # What an earlier cell of the same model, shapes and settings compiled: loaded before
+        # the first compile, saved after the first epoch (normbench.compile_cache).
+        self.cache = cache if self.compiled is not None else None
+        if self.cache is not None:
+            self.cache.start()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether every compiled call must keep one batch size per mode: the two graphs of a
+        cell are train at ``batch_size`` and eval at ``eval_batch_size``."""
+        return self.compiled is not None
+
+    def forward(self, x: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """The model on ``x``; ``eager``: without the compiled graph (a short last batch)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            if self.compiled is None:
+            if self.compiled is None or eager:
                 return self.model(x)
             if self.device.type == "cuda":
                 # A new step: outputs of the previous CUDA graph replay may be overwritten.
@@ -85,20 +106,33 @@ class Runner:
         try:
             return fn()
         except compile_errors() as e:
-            self._give_up(e)
+            self.give_up(e)
             return fn()
 
-    def _give_up(self, error: Exception) -> None:
+    def give_up(self, error: Exception, what: str | None = None) -> None:
+        """Stop the cell with ``error`` and the fixes or, with ``compile_fallback``, warn and go
+        on eagerly; ``what`` failed (default: torch.compile in this cell's mode)."""
         # torch's messages put the cause in their first paragraph and debugging hints after it.
         cause = " ".join(str(error).strip().split("\n\n")[0].split())[:400]
-        reason = (f"torch.compile (mode {self.speed.compile}) failed: "
-                  f"{type(error).__name__}: {cause}")
+        what = what or f"torch.compile (mode {self.speed.compile})"
+        reason = f"{what} failed: {type(error).__name__}: {cause}"
+        if self.cache is not None:  # nothing to save: cells waiting for this one go on
+            self.cache.abandon()
         if not self.speed.compile_fallback:
             raise CompileFailed(f"{reason}. Set speed.compile: none to train eagerly, or "
                                 "speed.compile_fallback: true to fall back automatically"
                                 ) from error
         print(f"warning: {reason}; training eagerly (speed.compile_fallback: true)", flush=True)
         self.compiled, self.fallback_reason = None, reason
+
+    def after_epoch(self) -> None:
+        """A training epoch ended: both graphs exist, so the first one saves them."""
+        if self.cache is not None:
+            self.cache.finish()
+
+    def cache_report(self) -> dict:
+        """The compile cache's part of a cell's timing (empty when nothing compiles)."""
+        return self.cache.report() if self.cache is not None else {}
 
     def used(self) -> dict:
         """What this cell actually ran with (recorded in the checkpoint)."""
@@ -113,12 +147,11 @@ class DeviceSplit:
     labels: torch.Tensor  # int64, N
 
 
-def to_device(arrays: Arrays, device: torch.device) -> tuple[DeviceSplit, DeviceSplit]:
-    """Train and test splits as NCHW uint8 tensors on ``device`` (4x smaller than float32)."""
-    def move(split) -> DeviceSplit:
-        images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)
-        return DeviceSplit(images.contiguous().to(device), torch.from_numpy(split.labels).to(device))
-    return move(arrays.train), move(arrays.test)
+def to_device(split: Split, device: torch.device) -> DeviceSplit:
+    """A split as NCHW uint8 tensors on ``device`` (4x smaller than float32)."""
+    images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)
+    return DeviceSplit(images.contiguous().to(device),
+                       torch.from_numpy(np.ascontiguousarray(split.labels)).to(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -172,15 +205,27 @@ def evaluate(runner: Runner, split: DeviceSplit, normalize: Callable[[torch.Tens
     runner.model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.labels.device)
     preds = []
-    for start in range(0, len(split.labels), batch_size):
-        x = normalize(split.images[start:start + batch_size])
-        y = split.labels[start:start + batch_size]
-        logits = runner.guarded(lambda: runner.forward(x))
+    n = len(split.labels)
+    size = batch_size if runner.fixed_shapes else min(batch_size, n)  # the eval graph's batch
+    for start in range(0, n, size):
+        images, y = split.images[start:start + size], split.labels[start:start + size]
+        if runner.fixed_shapes and len(y) < size:
+            # The last batch padded to the graph's shape: in eval mode BatchNorm uses its
+            # running statistics, so each image's logits do not depend on the others.
+            images = torch.cat([images, images.new_zeros((size - len(y), *images.shape[1:]))])
+        x = normalize(images)
+        logits = runner.guarded(lambda: runner.forward(x))[:len(y)]
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)
-    n = len(split.labels)
     return loss_sum.item() / n, (pred == split.labels).double().mean().item(), pred.cpu()
+
+
+def eval_batch(eval_batch_size: int, *splits: Split) -> int:
+    """The one eval batch of a cell: ``eval_batch_size``, or its largest evaluated split where
+    that is smaller. Every split's last batch is padded to it, so validation and test share
+    the cell's one eval graph."""
+    return min(eval_batch_size, max(len(s.labels) for s in splits))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device):
@@ -199,6 +244,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int, device:
     return opt, sched
 
 
+def epoch_runner(runner: Runner, cfg: TrainConfig, split: DeviceSplit,
+                 bounds: list[tuple[int, int]], normalizer: Normalizer, gen: torch.Generator,
+                 total_steps: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor, float]]:
+    """One training epoch per call: (summed loss, correct count, learning rate after it).
+
+    ``speed.compile: captured`` runs the whole step as one CUDA graph (normbench.captured);
+    every other mode runs ``train_epoch`` with ``make_optimizer``'s optimizer and scheduler.
+    """
+    if runner.speed.compile == "captured":
+        from normbench.captured import CapturedSteps  # it imports this module
+
+        return CapturedSteps(runner, cfg, split, bounds, normalizer, gen, total_steps).epoch
+    opt, sched = make_optimizer(runner.model, cfg, total_steps, runner.device)
+
+    def epoch() -> tuple[torch.Tensor, torch.Tensor, float]:
+        loss_sum, correct = train_epoch(runner, opt, sched, split, bounds, normalizer, cfg, gen)
+        return loss_sum, correct, opt.param_groups[0]["lr"]
+    return epoch
+
+
 def batches_per_epoch(n: int, batch_size: int) -> list[tuple[int, int]]:
     """(start, stop) of every batch; a last batch of one image is dropped (BatchNorm needs two)."""
     bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
@@ -206,7 +271,7 @@ def batches_per_epoch(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def chance_level(labels: torch.Tensor) -> float:
-    """Test accuracy of always answering the most common test class (fraction)."""
+    """Accuracy of always answering the split's most common class (fraction)."""
     return torch.bincount(labels).max().item() / len(labels)
 
 
@@ -216,26 +281,33 @@ def execution(device: torch.device, speed: dict) -> str:
     Cells that ran differently are not compared (kernels, rounding and random streams differ).
     """
     precision = "bf16" if speed.get("amp") == "bf16" else "fp32"
-    mode = speed.get("compile") if speed.get("compiled") else "eager"
+    # The captured step's numbers are its own whether or not the graph ran (normbench.captured).
+    captured = speed.get("compile") == "captured"
+    mode = speed.get("compile") if speed.get("compiled") or captured else "eager"
     return f"{device.type} {precision} {mode}"
 
 
 @dataclass
 class CellResult:
-    """A trained cell. Everything kept is from the final epoch: choosing an epoch by its test
-    accuracy would select on the test set. ``best_*`` is the original study's figure only."""
+    """A trained cell. Everything kept is from the final epoch; an epoch is chosen on the
+    validation split only (``best_epoch``). ``best_acc``, the maximum over epochs of the test
+    accuracy, is the original study's figure: selected on the test set, used by no choice."""
 
     history: list[dict]  # one record per epoch; epoch 0 is the untrained model
-    best_epoch: int  # the epoch of the highest test accuracy (the original study's figure)
+    best_epoch: int  # the epoch of the highest validation accuracy (normbench.validation)
     final_state: dict[str, torch.Tensor]  # weights after the last epoch, on the CPU
     final_predictions: np.ndarray  # predicted test label per image after the last epoch
     chance_acc: float  # accuracy of always answering the most common test class
     above_chance_p: float  # one-sided binomial test of the final accuracy against chance_acc
+    val_chance_acc: float  # the same two for the validation split: what a choice reads
+    val_above_chance_p: float
     execution: str  # device kind, precision, compile mode as resolved (``execution``)
+    ran_on: str  # versions and the kind of machine (normbench.machine.ran_on)
     train_seconds: float  # wall time of all epochs, evaluation and compilation included
     images_per_s: float  # training throughput, evaluation excluded
     speed: dict = field(default_factory=dict)  # what the cell ran with (Runner.used)
     peak_gpu_mib: float | None = None  # peak memory allocated on the GPU (MiB); None on a CPU
+    compile_cache: dict = field(default_factory=dict)  # cold or warm, hits (Runner.cache_report)
 
     @property
     def learned(self) -> bool:
@@ -247,23 +319,30 @@ class CellResult:
         (:mod:`normbench.timing`)."""
         gpu = {} if self.peak_gpu_mib is None else {"peak_gpu_mib": round(self.peak_gpu_mib, 1)}
         return {"train_seconds": round(self.train_seconds, 3),
-                "images_per_s": round(self.images_per_s, 1), **gpu}
+                "images_per_s": round(self.images_per_s, 1), **gpu, **self.compile_cache}
 
     def metrics(self) -> dict:
         """What was learned: a function of the inputs and the seed (no timing), so that a rerun on
         the same machine writes the same bytes."""
-        best = self.history[self.best_epoch]
         last = self.history[-1]
         return {
             "final_acc": last["test_acc"],  # what verdicts use: no selection on the test set
             "final_loss": last["test_loss"],
-            "best_acc": best["test_acc"],  # max over epochs on the test set: optimistic
-            "best_epoch": self.best_epoch,
+            "val_acc": last["val_acc"],  # what choices use (per_model, bench/model_budget.py)
+            "val_loss": last["val_loss"],
+            "best_epoch": self.best_epoch,  # chosen on validation
+            "best_val_acc": self.history[self.best_epoch]["val_acc"],
+            # The original study's figure: max over epochs of the test accuracy, so selected on
+            # the test set and optimistic; no choice and no verdict uses it.
+            "best_acc": max(h["test_acc"] for h in self.history[1:]),
             "epochs": last["epoch"],
             "chance_acc": self.chance_acc,
             "above_chance_p": self.above_chance_p,
             "learned": self.learned,
+            "val_chance_acc": self.val_chance_acc,
+            "val_above_chance_p": self.val_above_chance_p,
             "execution": self.execution,
+            "ran_on": self.ran_on,
             # How far the watched layers moved by the end (relative L2), when they were recorded.
             **{k: v for k, v in last.items() if k.startswith("drift_")},
         }
@@ -287,14 +366,18 @@ def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: Device
     perm = torch.randperm(len(split.labels), generator=gen, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    full = bounds[0][1] - bounds[0][0] if bounds else 0  # the train graph's batch
     for lo, hi in bounds:
         idx = perm[lo:hi]
         x = training_inputs(split.images[idx], normalizer, cfg.pad, cfg.flip, gen)
         y = split.labels[idx]
+        # A short last batch runs eagerly: padding it would change BatchNorm's batch statistics,
+        # and its own graph would cost a compile for one step per epoch.
+        eager = hi - lo != full
 
         def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
             opt.zero_grad(set_to_none=True)
-            logits = runner.forward(x)
+            logits = runner.forward(x, eager=eager)
             loss = F.cross_entropy(logits.float(), y)
             loss.backward()
             return logits, loss
@@ -304,6 +387,7 @@ def train_epoch(runner: Runner, opt: torch.optim.Optimizer, sched, split: Device
         sched.step()
         loss_sum += loss.detach().double() * (hi - lo)
         correct += (logits.detach().argmax(1) == y).sum()
+    runner.after_epoch()
     return loss_sum, correct
 
 
@@ -312,39 +396,47 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
                on_epoch: Callable[[dict], None] = lambda record: None,
                recorder: WeightRecorder | None = None,
                speed: SpeedConfig = SpeedConfig("none", "none", False)) -> CellResult:
-    """Train ``model`` on ``arrays`` and evaluate after every epoch; raise TrainingDiverged on NaN.
+    """Train ``model`` on ``arrays``'s train split less its validation split
+    (``cfg.val_fraction``, normbench.validation), evaluate on both held-out splits after every
+    epoch; raise TrainingDiverged on NaN.
 
     ``on_epoch`` receives each epoch's record (for live logging) as soon as it exists;
     ``recorder`` takes a weight snapshot at epoch 0 and after every epoch; ``speed`` (resolved,
-    no ``auto``) sets bf16 autocast and torch.compile, the plain fp32 eager path by default.
+    no ``auto``) sets bf16 autocast and torch.compile (or the captured step), the plain fp32
+    eager path by default.
     """
     model = model.to(device)
-    runner = Runner(model, speed, device)
-    train, test = to_device(arrays, device)
+    fit, held = hold_out(arrays.train, cfg.val_fraction)
+    bounds = batches_per_epoch(len(fit.labels), cfg.batch_size)
+    eval_size = eval_batch(cfg.eval_batch_size, held, arrays.test)
+    runner = Runner(model, speed, device, compile_cache.for_cell(
+        model, arrays, (bounds[0][1] - bounds[0][0], eval_size), speed, device))
+    train, val, test = (to_device(s, device) for s in (fit, held, arrays.test))
     normalizer = Normalizer(norm, stats, device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    bounds = batches_per_epoch(len(train.labels), cfg.batch_size)
-    opt, sched = make_optimizer(model, cfg, cfg.epochs * len(bounds), device)
+    run_epoch = epoch_runner(runner, cfg, train, bounds, normalizer, gen, cfg.epochs * len(bounds))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor]:
-        test_loss, test_acc, pred = evaluate(runner, test, normalizer, cfg.eval_batch_size)
+    def record_eval(epoch: int, extra: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        val_loss, val_acc, val_pred = evaluate(runner, val, normalizer, eval_size)
+        test_loss, test_acc, pred = evaluate(runner, test, normalizer, eval_size)
         drifts = recorder.record(model, epoch) if recorder is not None else {}
-        record = {"epoch": epoch, **extra, "test_loss": test_loss, "test_acc": test_acc, **drifts}
+        record = {"epoch": epoch, **extra, "val_loss": val_loss, "val_acc": val_acc,
+                  "test_loss": test_loss, "test_acc": test_acc, **drifts}
         on_epoch(record)
-        return record, pred
+        return record, pred, val_pred
 
     start = time.perf_counter()
-    record, pred = record_eval(0, {})
-    history, best_epoch = [record], 0
+    record, pred, val_pred = record_eval(0, {})
+    history = [record]
     step_seconds = 0.0
     seen = 0
     n = sum(hi - lo for lo, hi in bounds)
     for epoch in range(1, cfg.epochs + 1):
         _sync(device)
         t0 = time.perf_counter()
-        loss_sum, correct = train_epoch(runner, opt, sched, train, bounds, normalizer, cfg, gen)
+        loss_sum, correct, lr = run_epoch()
         train_loss = loss_sum.item() / n  # .item() waits for the device: the timing is honest
         step_seconds += time.perf_counter() - t0
         seen += n
@@ -353,25 +445,28 @@ def train_cell(model: nn.Module, arrays: Arrays, norm: Norm, stats: ChannelStats
                 f"train loss became {train_loss} in epoch {epoch}; no metrics were written. "
                 f"Try a lower train.lr (now {cfg.lr}) or another norm."
             )
-        record, pred = record_eval(epoch, {"train_loss": train_loss,
-                                           "train_acc": correct.item() / n,
-                                           "lr": opt.param_groups[0]["lr"]})
+        record, pred, val_pred = record_eval(epoch, {"train_loss": train_loss,
+                                                     "train_acc": correct.item() / n,
+                                                     "lr": lr})
         history.append(record)
-        if epoch == 1 or record["test_acc"] > history[best_epoch]["test_acc"]:
-            best_epoch = epoch
-    chance = chance_level(test.labels)
+    chance, val_chance = chance_level(test.labels), chance_level(val.labels)
     correct = int((pred == test.labels.cpu()).sum())
+    val_correct = int((val_pred == val.labels.cpu()).sum())
     return CellResult(
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=choose_epoch(history),
         final_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         final_predictions=pred.numpy().astype(np.int16),
         chance_acc=chance,
         above_chance_p=above_chance(correct, len(test.labels), chance),
+        val_chance_acc=val_chance,
+        val_above_chance_p=above_chance(val_correct, len(val.labels), val_chance),
         execution=execution(device, runner.used()),
+        ran_on=ran_on(device),
         train_seconds=time.perf_counter() - start,
         images_per_s=seen / max(step_seconds, 1e-9),
         speed=runner.used(),
         peak_gpu_mib=torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda" else None,
+        compile_cache=runner.cache_report(),
     )

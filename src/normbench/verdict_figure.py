@@ -16,7 +16,8 @@ from normbench.report import png_bytes
 from normbench.weightcompare import reference_for
 
 MARKS = {"better": "better", "worse": "worse", "no significant difference": "n.s.",
-         "no difference": "same", "no test": "no test"}
+         "too few seeds": "few seeds", "no test": "no test"}
+FLIPPED = {"better": "worse", "worse": "better"}  # a test read from the other setting's side
 
 
 def short(setting: str) -> str:
@@ -26,6 +27,25 @@ def short(setting: str) -> str:
     if parts["weights"] != "scratch":
         text += f"\n{parts['weights']}" + (f" ({parts['pretrain']})" if "pretrain" in parts else "")
     return text
+
+
+def verdict_label(tests: pd.DataFrame, model: str, dataset: str, setting: str,
+                  reference: str) -> str:
+    """The figure's label for ``setting`` against ``reference``: the Tests table holds each pair
+    once, in either direction (norm=pretraining is the reference of the baseline norm's row)."""
+    if setting == reference:
+        return "baseline"
+    if tests.empty:
+        return "no baseline"
+    here = tests[(tests.model == model) & (tests.dataset == dataset)]
+    row = here[(here.setting == setting) & (here.baseline == reference)]
+    if not row.empty:
+        return MARKS[row.iloc[0].verdict]
+    row = here[(here.setting == reference) & (here.baseline == setting)]
+    if not row.empty:
+        verdict = row.iloc[0].verdict
+        return MARKS[FLIPPED.get(verdict, verdict)]
+    return "no baseline"
 
 
 def verdict_figure(cells: pd.DataFrame, tests: pd.DataFrame, baseline: str,
@@ -43,12 +63,7 @@ def verdict_figure(cells: pd.DataFrame, tests: pd.DataFrame, baseline: str,
                        s=14, color="tab:blue", alpha=0.7, zorder=3)
             spread = values.std(ddof=1) if len(values) > 1 else 0.0
             ax.errorbar(x + 0.28, values.mean(), yerr=spread, fmt="o", color="k", ms=4, capsize=3)
-            reference = reference_for(setting, baseline)
-            row = (tests[(tests.model == model) & (tests.dataset == dataset)
-                         & (tests.setting == setting) & (tests.baseline == reference)]
-                   if not tests.empty else tests)
-            label = ("baseline" if setting == reference else
-                     "no baseline" if row.empty else MARKS[row.iloc[0].verdict])
+            label = verdict_label(tests, model, dataset, setting, reference_for(setting, baseline))
             ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="center",
                         va="bottom", fontsize=7,
                         color="tab:red" if label in ("better", "worse") else "k")

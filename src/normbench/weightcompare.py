@@ -21,16 +21,19 @@ weights each started from is comparable across kinds, and "pretrained weights ba
 scratch weights do" (the second seed document) is that test.
 
 The verdict rests on one pre-stated test: the final drift of the whole tensor (exact, from
-``summary.json``) over seeds, paired t when both settings ran the same seeds, else Welch
-(significance.compare_seeds), Holm-corrected over every weight test of the page. Settings whose
-cells did not learn get no verdict. Shown beside it, as a description only:
+``summary.json``) over seeds, by the exact permutation test of significance.compare_seeds
+(sign-flip over the seeds both settings ran, relabeling of the others), Holm-corrected over the
+weight tests of the page that can reach ALPHA with their seeds. Settings whose cells did not
+learn get no verdict. Shown beside it, as a description only:
 
 - a permutation test on Wasserstein-1 distances between the final weight samples: statistic =
-  mean W1 over pairs of seeds from different settings minus mean W1 over pairs from the same
-  setting; p = share of relabelings of the seeds with a statistic >= the observed one (identity
-  included), exact up to ``EXACT_LIMIT`` relabelings, else ``RANDOM_PERMUTATIONS`` seeded draws.
-  The statistic does not change when the two groups swap labels, so with equal group sizes the
-  smallest possible p is 2 / C(2n, n): 0.1 for 3 + 3 seeds, which can never be below 0.05; the
+  mean W1 over pairs of cells from different settings minus mean W1 over pairs from the same
+  setting; p = share of the relabelings with a statistic >= the observed one (identity
+  included), over the relabelings that the design allows (significance.labelings): the two
+  cells of a seed that both settings ran share their starting weights and batch order, so they
+  may only swap with each other (2^n relabelings for n shared seeds); cells of other seeds are
+  dealt anew. The statistic does not change when the two groups swap labels, so the smallest
+  possible p is 2 / 2^n for n shared seeds: 0.25 for 3, which can never be below 0.05; the
   table says so.
 """
 
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from math import comb
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -46,12 +48,10 @@ import pandas as pd
 import scipy.stats
 from matplotlib.ticker import MaxNLocator
 
-from normbench.significance import ALPHA, Test, compare_seeds, holm
+from normbench.significance import (ALPHA, Test, arrange, can_reject, compare_seeds, fmt_p, holm,
+                                    labelings, smallest_p)
 from normbench.report import ROLE_TITLES, mean_pm_std, png_bytes
 from normbench.weightdist import ROLES
-
-EXACT_LIMIT = 20_000  # relabelings enumerated exactly (C(14, 7) = 3432; C(20, 10) is not)
-RANDOM_PERMUTATIONS = 9_999  # seeded random relabelings beyond that
 
 
 @dataclass(frozen=True)
@@ -132,33 +132,27 @@ def _statistic(dist: np.ndarray, in_a: np.ndarray) -> float:
     return float(dist[upper & ~same].mean() - dist[same].mean())
 
 
-def min_permutation_p(n_a: int, n_b: int) -> float:
-    """Smallest p the exact test can give: the identity and, if n_a == n_b, its label swap."""
-    return (2 if n_a == n_b else 1) / comb(n_a + n_b, n_a)
+def min_permutation_p(a: dict, b: dict) -> float:
+    """Smallest p the permutation test can give for two settings' seeds: the identity and its
+    label swap, of the relabelings the design allows."""
+    return smallest_p(arrange(a, b)[2])
 
 
-def permutation_p(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """p of "seeds of two settings are further apart than seeds of one setting" (W1 statistic).
+def permutation_p(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> float:
+    """p of "cells of two settings are further apart than cells of one setting" (W1 statistic).
 
-    ``a``, ``b``: one array of weight values per seed. Both need >= 2 seeds.
+    ``a``, ``b``: {seed: weight values}. A seed in both is a pair that only swaps as a whole
+    (shared starting weights and batch order); the other seeds are dealt anew.
     """
-    values = [*a, *b]
+    values, _, design = arrange(a, b)
     n = len(values)
-    dist = np.zeros((n, n))  # W1 between every two seeds, in weight units
+    dist = np.zeros((n, n))  # W1 between every two cells, in weight units
     for i, j in itertools.combinations(range(n), 2):
         dist[i, j] = dist[j, i] = scipy.stats.wasserstein_distance(values[i], values[j])
-    observed = _statistic(dist, np.arange(n) < len(a))
-    if comb(n, len(a)) <= EXACT_LIMIT:
-        labelings = [np.isin(np.arange(n), chosen)
-                     for chosen in itertools.combinations(range(n), len(a))]
-    else:
-        rng = np.random.default_rng(0)
-        labelings = [np.arange(n) < len(a)]  # the identity counts
-        labelings += [rng.permutation(n) < len(a) for _ in range(RANDOM_PERMUTATIONS)]
-    stats = np.array([_statistic(dist, in_a) for in_a in labelings])
+    stats = np.array([_statistic(dist, in_b) for in_b in labelings(design)])
     # A label swap gives the same statistic summed in another order: compare with a tolerance.
     tol = 1e-9 * max(float(dist.max()), 1e-300)
-    return float(np.mean(stats >= observed - tol))
+    return float(np.mean(stats >= stats[0] - tol))
 
 
 def w1_means(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
@@ -193,20 +187,18 @@ def compare_layer(group: dict[str, list[WeightRecord]], setting: str, reference:
                          {r.seed: float(v) for r, v in zip(ours, final_drift(ours, role))})
     if min(n) < 2:
         return LayerTest(setting, reference, n, drift, test)
-    finals = [[r.samples[role][-1] for r in rs] for rs in (ours, ref)]
-    return LayerTest(setting, reference, n, drift, test, w1_means(*finals),
-                     permutation_p(*finals), min_permutation_p(*n))
-
-
-def _fmt_p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
+    finals = [{r.seed: r.samples[role][-1] for r in rs} for rs in (ours, ref)]
+    return LayerTest(setting, reference, n, drift, test,
+                     w1_means(*(list(f.values()) for f in finals)), permutation_p(*finals),
+                     min_permutation_p(*finals))
 
 
 def _describe(t: LayerTest, name: str, adjusted: float | None) -> str:
-    if adjusted is None:
-        return f"{name} ({t.test.note})"
-    return (f"{name} (final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, {t.test.test} "
-            f"p={_fmt_p(t.test.p)}, Holm-adjusted {_fmt_p(adjusted)})")
+    drift = f"final drift {t.drift[0]:.3g} % vs {t.drift[1]:.3g} %, exact {t.test.test} test"
+    if adjusted is None:  # every drift test has a p: none here means it cannot reach ALPHA
+        return (f"{name} (too few seeds: {drift}, p={fmt_p(t.test.p)}, cannot go below "
+                f"{fmt_p(t.test.smallest_p)} with these seeds)")
+    return f"{name} ({drift}, p={fmt_p(t.test.p)}, Holm-adjusted {fmt_p(adjusted)})"
 
 
 def verdicts(records: list[WeightRecord], baseline: str,
@@ -245,7 +237,7 @@ def verdicts(records: list[WeightRecord], baseline: str,
                     found.append(({**row, "reference": reference}, against,
                                   reason or compare_layer(group, setting, reference, role)))
     tests = [t.test for _, _, t in found if isinstance(t, LayerTest)]
-    adjusted_iter = iter(holm([t.p for t in tests if t.p is not None]))
+    adjusted_iter = iter(holm([t.p for t in tests if can_reject(t)]))
     rows, lines, by_layer = [], [], {}
     for row, against, t in found:
         key = (row["model"], row["dataset"], row["layer"], against)
@@ -255,9 +247,10 @@ def verdicts(records: list[WeightRecord], baseline: str,
             by_layer.setdefault(key, {}).setdefault("no verdict", []).append(f"{name} ({t})")
             rows.append({**row, "note": t})
             continue
-        adj = next(adjusted_iter) if t.test.p is not None else None
+        adj = next(adjusted_iter) if can_reject(t.test) else None
         between, within = t.w1 or (None, None)
-        rows.append({**row, "test": t.test.test, "p": _fmt_p(t.test.p), "p (Holm)": _fmt_p(adj),
+        rows.append({**row, "test": t.test.test, "p": fmt_p(t.test.p),
+                     "smallest p": fmt_p(t.test.smallest_p), "p (Holm)": fmt_p(adj),
                      "note": t.test.note,
                      "W1 between settings": between, "W1 between seeds": within,
                      "permutation p (described)": t.perm_p,

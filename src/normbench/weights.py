@@ -26,7 +26,11 @@ def weights_entry(model: str, version: Any) -> torchvision.models.WeightsEnum:
     Only classification weights qualify: vgg16's IMAGENET1K_FEATURES has an untrained classifier
     and expects 0-255 inputs.
     """
-    enum = torchvision.models.get_model_weights(model)
+    try:
+        enum = torchvision.models.get_model_weights(model)
+    except ValueError:  # not a torchvision architecture (models.SmallCNN)
+        raise ConfigError(f"{model} has no ImageNet weights (only torchvision's models do); "
+                          "use weights: scratch or pretrained, or another model") from None
     valid = [w.name for w in enum if w.meta.get("categories")]
     if not isinstance(version, str) or version not in valid:
         raise ConfigError(f"unknown ImageNet weights version {version!r} for {model} "
