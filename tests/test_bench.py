@@ -451,11 +451,48 @@ def test_suite_time_counts_the_cpu_of_detached_processes_and_keeps_the_exit_code
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     line = out.read_text()
-    assert line == proc.stdout and ": exit 3, wall " in line
+    assert proc.stdout.startswith(line) and ": exit 3, wall " in line
     busy = float(line.split("machine busy ")[1].split()[0])
     wall = float(line.split(", wall ")[1].split()[0])
     assert busy >= 1.4, line  # at least the daemon's 1.5 CPU-s (other work may add to it)
     assert busy <= (wall + 1) * os.cpu_count(), line  # seconds, not clock ticks
+
+
+ACCOUNTED_TESTS = f"""
+import subprocess, sys, time
+
+def test_detached():  # the daemon outlives the test's own process tree
+    subprocess.run([sys.executable, "-c", {DETACHED_BURN.replace("time.sleep(2.5)", "")!r}])
+    time.sleep(2.5)
+
+def test_in_process():
+    end = time.process_time() + 0.7
+    while time.process_time() < end:
+        pass
+
+def test_waited_child():
+    subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.5\\n"
+                    "while time.process_time() < end: pass"], check=True)
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_suite_time_charges_each_test_its_cpu_detached_processes_included(tmp_path, workers):
+    (tmp_path / "test_burn.py").write_text(ACCOUNTED_TESTS)
+    rows = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "suite_time.py"), "--account",
+                           str(rows), "--", sys.executable, "-m", "pytest", "-q", "-p",
+                           "no:cacheprovider", "-p", "no:randomly", *workers, "test_burn.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_test = {r["test"].split("::")[1]: r for r in map(json.loads, rows.read_text().splitlines())}
+    assert set(by_test) == {"test_detached", "test_in_process", "test_waited_child"}
+    detached = by_test["test_detached"]
+    assert 1.4 <= detached["detached_cpu_s"] <= 1.7 and detached["cpu_s"] < 0.5, detached
+    assert 0.65 <= by_test["test_in_process"]["total_cpu_s"] <= 0.9, by_test
+    waited = by_test["test_waited_child"]
+    assert 0.5 <= waited["cpu_s"] <= 1.2 and waited["detached_cpu_s"] == 0, waited
+    assert "test_burn.py::test_detached" in proc.stdout.split("slowest tests")[1].splitlines()[1]
 
 
 def test_stage_imports_times_the_stages_and_the_eager_reference():
