@@ -119,7 +119,8 @@ def run_accounted(command: list[str], folder: Path) -> tuple[int, float, dict[st
     """Run ``command`` as the subreaper of all it starts: (exit code, the CPU-s of the command
     and what it waited for, {test or None: CPU-s of the detached processes it started})."""
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        sys.exit(f"suite_time: prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+        sys.exit("suite_time: prctl(PR_SET_CHILD_SUBREAPER) failed: "
+                 f"{os.strerror(ctypes.get_errno())}")
     bench = str(Path(__file__).resolve().parent)
     env = {**os.environ, ACCOUNT_ENV: str(folder),
            "PYTHONPATH": os.pathsep.join(filter(None, [bench, os.environ.get("PYTHONPATH")])),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their shared helpers from there
 
@@ -348,7 +348,7 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     """Two one-cell experiments on two DVC queue workers, on the CPU, in a tiny workload."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "queue_speed.py"), "--jobs", "2",
-         "--model", "resnet18", "--set", "datasets=[shapes]", "--set", "device=cpu",
+         "--model", TINY_MODEL, "--set", "datasets=[shapes]", "--set", "device=cpu",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=2",
          "--set", "train.batch_size=16", "--set", "train.val_fraction=0.2",
          "--results", str(tmp_path)],
@@ -356,8 +356,9 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [row] = [json.loads(line) for line in (tmp_path / next(
         p.name for p in tmp_path.glob("queue-*.jsonl"))).read_text().splitlines()]
-    assert row["jobs"] == 2 and row["model"] == "resnet18"
-    assert sorted(c["cell"] for c in row["cells"]) == ["resnet18-shapes-1", "resnet18-shapes-2"]
+    assert row["jobs"] == 2 and row["model"] == TINY_MODEL
+    assert sorted(c["cell"] for c in row["cells"]) == [f"{TINY_MODEL}-shapes-1",
+                                                     f"{TINY_MODEL}-shapes-2"]
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
     # each cell's speed, from its timing file (a queued cell's workspace is gone by now)
     assert all(c["images_per_s"] > 0 and c["train_seconds"] > 0 for c in row["cells"])
@@ -366,7 +367,7 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert row["train_images"] == 2 * 2 * 30
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
-    assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
+    assert f"## {TINY_MODEL}, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
     assert row["mps"] is False  # not asked for
 
 
@@ -374,18 +375,19 @@ def budget_rows(table: str, title: str) -> list[list[str]]:
     """The model rows of one of model_budget's tables, as cells."""
     part = table.split(f"## {title}")[1].split("## ")[0]
     return [[c.strip() for c in line.strip("|").split("|")] for line in part.splitlines()
-            if line.startswith("| resnet18 |")]
+            if line.startswith(f"| {TINY_MODEL} |")]
 
 
 def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretrained(tmp_path):
-    """One model on a tiny workload: its per_model entry is the budget of its cells and of its
-    pretraining, and every cell's validation and test accuracy reach their tables."""
+    """One model (the small one: the script's machinery is tested, not the network) on a tiny
+    workload: its per_model entry is the budget of its cells and of its pretraining, and every
+    cell's validation and test accuracy reach their tables."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", TINY_MODEL,
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path),
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
          "--set", "train.val_fraction=0.2",  # 8 of 38 train images, one or two per class
-         "--set", "per_model.resnet18={batch_size: 8}",
+         "--set", f"per_model.{TINY_MODEL}={{batch_size: 8}}",
          "--set", "start.pretrained.data.images_per_class=6",
          "--set", "start.pretrained.data.test_fraction=0.25",
          "--set", "start.pretrained.train.epochs=1",
@@ -414,16 +416,16 @@ def test_model_budget_shows_validation_where_a_choice_reads_and_test_apart():
 
 def test_model_budget_sweeps_one_param_a_row_per_value(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", TINY_MODEL,
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path), "--no-pretrained",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
-         "--set", "train.val_fraction=0.2", "--sweep", "per_model.resnet18.lr=0.01,0.0001"],
+         "--set", "train.val_fraction=0.2", "--sweep", f"per_model.{TINY_MODEL}.lr=0.01,0.0001"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [path] = tmp_path.glob("model-budget-*-scratch-only-sweep-per-model-resnet18-lr.md")
+    [path] = tmp_path.glob(f"model-budget-*-scratch-only-sweep-per-model-{TINY_MODEL}-lr.md")
     rows = budget_rows(path.read_text(), "Validation accuracy")
-    assert [r[1] for r in rows] == ["batch 256, lr 0.01, 1 epochs, validation 0.2",
-                                    "batch 256, lr 0.0001, 1 epochs, validation 0.2"]
+    assert [r[1] for r in rows] == ["batch 64, lr 0.01, 1 epochs, validation 0.2",  # its per_model
+                                    "batch 64, lr 0.0001, 1 epochs, validation 0.2"]
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "model_budget.py"), "--sweep",
                           "per_model.resnet18.lr"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "must look like key=v1,v2" in bad.stderr, bad.stderr

@@ -144,8 +144,8 @@ def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
                           preexec_fn=at_most)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert (f"error: cannot write checkpoints/{CELL}.pt: a file reached the size limit of {limit / 2**20:.1f} MiB "
-            f"(`ulimit -f`)") in out, out
+    assert (f"error: cannot write checkpoints/{CELL}.pt: a file reached the size limit of "
+            f"{limit / 2**20:.1f} MiB (`ulimit -f`)") in out, out
     assert "Traceback" not in out, out
     # DVC records the stages that finished (the check stage reads norm) and nothing of the cell.
     after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
