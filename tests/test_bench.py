@@ -518,8 +518,8 @@ def test_model_budget_refuses_to_measure_nothing():
 
 def test_machine_pin_times_the_pins_against_torchs_defaults_and_their_hashes_agree(tmp_path):
     out = tmp_path / "pin.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--images",
-                           "64", "--repeats", "1", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--model",
+                           TINY_MODEL, "--images", "64", "--repeats", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
