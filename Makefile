@@ -6,12 +6,15 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup system-packages repro test weights compare study figure clean-venv mutation
 
-# pyproject.toml's requires-python, checked before anything is installed.
+# pyproject.toml's requires-python, checked before anything is installed. Then the pinned
+# requirements, then normbench itself, editable (src/ as it is) and offline: built by the venv's
+# own setuptools (requirements.txt), so `python -m normbench` works in the activated venv.
 $(STAMP): requirements.txt pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' || \
 		{ echo "normbench needs Python >= 3.11.4 (hashlib.file_digest, tarfile's extraction filters); python3 is $$(python3 -V)"; exit 1; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # The `dvc plots` page template named in .dvc/config (plots.html_template): vega, vega-lite and

@@ -2,7 +2,9 @@
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import ROOT
@@ -30,3 +32,38 @@ def test_an_old_python_is_refused_before_anything_is_installed(tmp_path):
     assert "normbench needs Python >= 3.11.4" in proc.stdout + proc.stderr
     assert "python3 is Python 3.11.3" in proc.stdout + proc.stderr
     assert not (tmp_path / ".venv").exists()
+
+
+def test_setup_installs_normbench_so_python_m_normbench_runs_anywhere(tmp_path):
+    """The Makefile's own install steps, offline, in a fresh copy: afterwards the venv's python
+    imports normbench from that copy's src/ in any folder (no PYTHONPATH), as the README's
+    commands after `source .venv/bin/activate` need."""
+    copy = tmp_path / "clone"
+    copy.mkdir()
+    for name in ("Makefile", "requirements.txt", "pyproject.toml"):
+        (copy / name).write_bytes((ROOT / name).read_bytes())
+    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    # A venv that sees the project venv's packages (torch, dvc, setuptools...) through a .pth
+    # file, so that `pip install -r requirements.txt` finds each pin installed: no network.
+    venv = copy / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The venv's bundled setuptools would hide the project venv's pinned one.
+    subprocess.run([venv / "bin/python", "-m", "pip", "uninstall", "-q", "-y", "setuptools"],
+                   check=True)
+    shared = [p for p in sys.path if p.endswith("site-packages")]
+    (next(venv.glob("lib/python3*/site-packages")) / "project_venv.pth").write_text(
+        "\n".join(shared) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
+    make = subprocess.run(["make", ".venv/.installed"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert make.returncode == 0, make.stdout + make.stderr
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    run = subprocess.run([venv / "bin/python", "-m", "normbench", "--help"], cwd=where, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"^  compare +tables", run.stdout, flags=re.M)
+    origin = subprocess.run([venv / "bin/python", "-c", "import normbench.grid as g; print(g.__file__)"],
+                            cwd=where, env=env, capture_output=True, text=True, check=True)
+    assert Path(origin.stdout.strip()).resolve() == (copy / "src/normbench/grid.py").resolve()
