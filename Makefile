@@ -17,13 +17,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# The `dvc plots` page template named in .dvc/config (plots.html_template): vega, vega-lite and
-# vega-embed inlined from vl-convert-python, so `dvc plots show` / `diff` render offline.
+# The `dvc plots` page template: vega, vega-lite and vega-embed inlined from vl-convert-python,
+# so `dvc plots show` / `diff` render offline. Named in .dvc/config.local (this machine's, git-
+# ignored by DVC); without it .dvc/config's page says to run `make setup`.
 PLOTS_PAGE := .dvc/plots/offline.html
 $(PLOTS_PAGE): $(STAMP) src/normbench/plots_page.py
 	PYTHONPATH=src python -m normbench.plots_page $@
 
 setup: $(STAMP) $(PLOTS_PAGE)
+	@grep -qs '^ *html_template = plots/offline.html' .dvc/config.local || \
+		dvc config --local plots.html_template plots/offline.html
 
 # Ends by saying whether this machine reproduced the committed dvc.lock, and if not, what to
 # compare against instead (normbench.reproduction).

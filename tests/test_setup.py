@@ -67,3 +67,29 @@ def test_setup_installs_normbench_so_python_m_normbench_runs_anywhere(tmp_path):
     origin = subprocess.run([venv / "bin/python", "-c", "import normbench.grid as g; print(g.__file__)"],
                             cwd=where, env=env, capture_output=True, text=True, check=True)
     assert Path(origin.stdout.strip()).resolve() == (copy / "src/normbench/grid.py").resolve()
+
+
+def test_dvc_plots_before_make_setup_writes_a_page_that_names_make_setup(tmp_path):
+    """Without `make setup` (no offline page, no .dvc/config.local) `dvc plots show` still
+    works, and its page says what to run: DVC itself would fail with "HTML template has to
+    contain '{plot_divs}'" on a template file that is not there."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=repo, env=env, capture_output=True,  # noqa: E731
+                                      text=True, timeout=120)
+    assert run("git", "init", "-q").returncode == 0 and run("dvc", "init", "-q").returncode == 0
+    (repo / ".dvc" / "config").write_bytes((ROOT / ".dvc" / "config").read_bytes())
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots",
+                    ignore=shutil.ignore_patterns("offline.html"))
+    (repo / "curve.csv").write_text("epoch,acc\n0,0.1\n1,0.5\n")
+    (repo / "dvc.yaml").write_text("plots:\n  - curve.csv:\n      x: epoch\n      y: acc\n")
+    proc = run("dvc", "plots", "show", "-o", "out")
+    assert proc.returncode == 0, proc.stderr
+    page = (repo / "out" / "index.html").read_text()
+    assert "<code>make setup</code>" in page and "curve.csv" in page  # the plot is in it, hidden
+    # `make setup`'s line in .dvc/config.local, which overrides .dvc/config's template
+    assert run("dvc", "config", "--local", "plots.html_template", "plots/other.html").returncode == 0
+    proc = run("dvc", "plots", "show", "-o", "out2")
+    assert "HTML template has to contain" in proc.stderr  # plots/other.html does not exist
