@@ -93,3 +93,22 @@ def test_dvc_plots_before_make_setup_writes_a_page_that_names_make_setup(tmp_pat
     assert run("dvc", "config", "--local", "plots.html_template", "plots/other.html").returncode == 0
     proc = run("dvc", "plots", "show", "-o", "out2")
     assert "HTML template has to contain" in proc.stderr  # plots/other.html does not exist
+
+
+def test_a_rejected_set_value_says_params_yaml_holds_it_and_how_to_restore_it(tmp_path):
+    from conftest import sh, tiny_project
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tiny_project(repo)
+    committed = (repo / "params.yaml").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "norm=minmaxx"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "minmaxx" in out and "minmax" in out.replace("minmaxx", "")  # the valid names
+    assert "params.yaml now holds this value" in out and "`git checkout params.yaml`" in out
+    assert "norm: minmaxx" in (repo / "params.yaml").read_text()  # what DVC left, as said
+    sh(repo, "git", "checkout", "params.yaml")  # the fix it names works
+    assert (repo / "params.yaml").read_text() == committed
