@@ -189,9 +189,9 @@ def require_program(name: str) -> str:
 # modules to its pytest-xdist workers in collection order (--dist loadfile --no-loadscope-reorder),
 # so these start first and the last ones to start are short: the workers finish together. The
 # other modules follow as collected.
-LONGEST_FIRST = ("test_study_e2e.py", "test_pipeline.py", "test_faults.py", "test_pretrain.py",
-                 "test_bench.py", "test_cluster.py", "test_shared_remote.py", "test_stages.py",
-                 "test_plots.py", "test_train.py")
+LONGEST_FIRST = ("test_long_use.py", "test_study_e2e.py", "test_pipeline.py", "test_faults.py",
+                 "test_pretrain.py", "test_bench.py", "test_queue_records.py", "test_cluster.py",
+                 "test_shared_remote.py", "test_stages.py", "test_plots.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items):

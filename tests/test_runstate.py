@@ -154,23 +154,6 @@ def test_workers_are_left_alone_while_the_queue_still_has_work(tmp_path, monkeyp
         worker.wait()
 
 
-def test_queue_logs_are_kept_for_unfinished_and_failed_tasks_and_the_newest_others(
-        tmp_path, monkeypatch):
-    from normbench import dvcqueue
-
-    logs = tmp_path / dvcqueue.LOGS_DIR
-    for i in range(6):
-        (logs / f"rev{i}").mkdir(parents=True)
-        (logs / f"rev{i}" / f"rev{i}.out").write_text("log")
-        os.utime(logs / f"rev{i}", (1000 + i, 1000 + i))  # rev5 the newest
-    tasks = {"a": dvcqueue.Task("a", "Failed", "rev0", logs / "rev0" / "rev0.out"),
-             "b": dvcqueue.Task("b", "Running", "rev1", logs / "rev1" / "rev1.out"),
-             "c": dvcqueue.Task("c", "Success", "rev2", logs / "rev2" / "rev2.out")}
-    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: tasks)
-    dvcqueue.prune_logs(tmp_path, keep=2)
-    assert sorted(d.name for d in logs.iterdir()) == ["rev0", "rev1", "rev4", "rev5"]
-
-
 def fake_experiment(repo, rev: str) -> subprocess.Popen:
     """A process with the command line of a queued experiment (`dvc exp exec-run --infofile
     <repo>/.dvc/tmp/exps/run/<rev>/<rev>.run`)."""

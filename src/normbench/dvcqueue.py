@@ -18,10 +18,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from normbench.registry import ConfigError
 from normbench.runstate import Experiment, follow, head_commit
+
+if TYPE_CHECKING:
+    from dvc.repo.experiments.queue.celery import LocalCeleryQueue
 
 _STAGE = re.compile(r"^Running stage '([^']+)'|^Stage '([^']+)' is cached", re.M)
 _EPOCHS = re.compile(r"^\S+: norm=.* weights=.* epochs=(\d+)", re.M)  # norm may have spaces
@@ -63,12 +66,19 @@ FORGET_TRIES = 5  # reads of DVC's queue before a lost task's removal is given u
 
 def queue_tasks(repo: Path) -> dict[str, Task]:
     """The newest queue task of every experiment name, from DVC's queue."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo  # heavy: only the local executor needs it
 
     tasks: dict[str, Task] = {}
     with Repo(str(repo)) as dvc_repo:
         queue = dvc_repo.experiments.celery_queue
-        for entry in sorted(queue.status(), key=lambda e: e["timestamp"]):
+        try:
+            entries = queue.status()
+        except DvcException as e:
+            if not INVALID_TASK.search(str(e)) or not _repair(queue):
+                raise
+            entries = queue.status()
+        for entry in sorted(entries, key=lambda e: e["timestamp"]):
             task = Task(entry["name"], entry["status"], entry["rev"])
             with contextlib.suppress(KeyError):  # not started yet
                 info = queue.proc[entry["rev"]]
@@ -115,7 +125,9 @@ def start_queue(repo: Path, jobs: int) -> None:
     """`dvc queue start -j <jobs>`, each worker on its own share of the CPU cores.
 
     No pipes: the workers it starts would hold them open, and this call would wait for the
-    workers to exit, which with several workers does not always happen.
+    workers to exit, which with several workers does not always happen. A session of its own:
+    a Ctrl-C in the terminal is the study's to handle (it stops its experiments), and would
+    make `dvc queue start` fail half-way.
     """
     threads = max(1, usable_cores() // jobs)  # torch would take every core in each
     limit = os.environ.get("OMP_NUM_THREADS", "")
@@ -123,7 +135,8 @@ def start_queue(repo: Path, jobs: int) -> None:
         threads = min(threads, int(limit))
     started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
                              env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     if started.returncode != 0:
         raise ConfigError(f"`dvc queue start` failed in {repo}; run it by hand to see why")
 
@@ -221,9 +234,9 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     done = dict.fromkeys(sorted(ended), "done")
     if not names:
         return done
-    start_queue(repo, jobs)
     watch = Watch(repo, names, jobs)
     try:
+        start_queue(repo, jobs)
         follow(watch.poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
@@ -290,18 +303,105 @@ def _remove_workspace(repo: Path, task: Task) -> None:
 EXPS_DIR = Path(".dvc") / "tmp" / "exps"  # DVC's queue: temporary workspaces, records, logs
 # DVC's record of each queue worker it started: <name>.json with the worker's pid.
 WORKERS_DIR = EXPS_DIR / "celery"
-# DVC's queue logs: a folder per task, never removed by DVC itself.
+# A folder per task, <rev>/: its log (<rev>.out), its process (<rev>.json) and DVC's record of it
+# (<rev>.run), which DVC reads for every task its queue lists. DVC never removes one.
 LOGS_DIR = EXPS_DIR / "run"
-KEEP_LOGS = 20  # logs of finished experiments kept for `dvc queue logs`, the newest first
+KEEP_LOGS = 20  # successful tasks kept on the queue, with their logs, the newest first...
+KEEP_LOGS_ENV = "NORMBENCH_KEEP_LOGS"  # ...or as many as this says
+# DVC's words when its queue lists a task that ran to its end and finds no record of it
+# (celery.py, iter_done): every listing fails on it, `dvc exp show`, `dvc queue status` and
+# `dvc queue remove` alike.
+INVALID_TASK = re.compile(r"Invalid experiment '([0-9a-f]{7})'")
 
 
-def prune_logs(repo: Path, keep: int = KEEP_LOGS) -> None:
-    """Keep the logs of queued, running and failed tasks, and of the ``keep`` newest others."""
-    tasks = queue_tasks(repo).values()
-    needed = {t.log.parent for t in tasks if t.log and t.status != "Success"}
-    logs = [d for d in (repo / LOGS_DIR).glob("*") if d.is_dir() and d not in needed]
-    for folder in sorted(logs, key=lambda d: d.stat().st_mtime, reverse=True)[keep:]:
-        shutil.rmtree(folder, ignore_errors=True)
+def keep_logs() -> int:
+    """How many successful tasks keep their place on the queue and their logs."""
+    value = os.environ.get(KEEP_LOGS_ENV, str(KEEP_LOGS))
+    if not value.isdigit():
+        raise ConfigError(f"${KEEP_LOGS_ENV} must be a whole number (the successful queue tasks "
+                          f"whose logs are kept; default {KEEP_LOGS}), got {value!r}")
+    return int(value)
+
+
+def prune_logs(repo: Path, keep: int | None = None) -> list[str]:
+    """Take the successful tasks beyond the ``keep`` that ended last off DVC's queue, then their
+    folders; the revisions taken off.
+
+    Queued, running and failed tasks stay (the study names a failed one's log), and so does
+    every experiment: it is a git ref, which the queue does not hold. `dvc queue logs` works for
+    every task left.
+    """
+    from dvc.repo import Repo
+
+    keep = keep_logs() if keep is None else keep
+    with Repo(str(repo)) as dvc_repo:
+        queue = dvc_repo.experiments.celery_queue
+        done = [d.entry.stash_rev for d in queue.iter_success()]  # DVC's "Success": a ref made
+        done.sort(key=lambda rev: _ended_at(queue, rev), reverse=True)
+        return _take_off(queue, set(done[keep:]))
+
+
+def _ended_at(queue: LocalCeleryQueue, rev: str) -> int:
+    """When a task ended (ns): its record is rewritten last, as its worker cleans up."""
+    try:
+        return os.stat(queue.get_infofile_path(rev)).st_mtime_ns
+    except FileNotFoundError:  # taken off meanwhile
+        return 0
+
+
+def repair(repo: Path) -> list[str]:
+    """Take off DVC's queue every task that ran to its end but whose record is gone; their
+    short revisions.
+
+    Such a task stops every listing of the queue (INVALID_TASK), `dvc queue remove` included.
+    Its record went with its folder (an older normbench pruned folders alone, or a hand did).
+    Only a task whose celery result says it ran to its end is touched (SUCCESS, whether its
+    experiment succeeded or failed), never a queued or running one; its experiment, a git ref,
+    stays.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return _repair(dvc_repo.experiments.celery_queue)
+
+
+def _repair(queue: LocalCeleryQueue) -> list[str]:
+    from celery.result import AsyncResult
+
+    broken = {entry.stash_rev for msg, entry in list(queue._iter_processed())
+              if AsyncResult(msg.headers["id"], app=queue.celery).status == "SUCCESS"
+              and not os.path.exists(queue.get_infofile_path(entry.stash_rev))}
+    gone = _take_off(queue, broken)
+    for rev in gone:
+        print(f"DVC's queue repaired: task {rev[:7]} had ended without a record, which made "
+              "`dvc exp show` and `dvc queue` fail; it is off the queue (its experiment stays)",
+              file=sys.stderr, flush=True)
+    return [rev[:7] for rev in gone]
+
+
+def _take_off(queue: LocalCeleryQueue, revs: set[str]) -> list[str]:
+    """Take the ended tasks ``revs`` off DVC's queue, and their folders off the disk; the
+    revisions taken off.
+
+    What `dvc queue remove` does for an ended task (remove.py, remove_tasks), in an order that
+    leaves a queue DVC can list wherever a kill stops it: the message first (DVC lists a task
+    by its message), then the result (a message without one reads as running for ever, and
+    `dvc exp show` then fails on the task's removed workspace), then the folder (its record and
+    log, which DVC reads only for a task it lists). DVC's order is result, then message.
+    """
+    from celery.result import AsyncResult
+
+    gone = []
+    # DVC's own listing of the tasks its workers took that reads no record (iter_done reads them).
+    for msg, entry in list(queue._iter_processed()):
+        if entry.stash_rev not in revs:
+            continue
+        with contextlib.suppress(ValueError):  # purged meanwhile
+            queue.celery.purge(msg.delivery_tag)
+        AsyncResult(msg.headers["id"], app=queue.celery).forget()
+        shutil.rmtree(Path(queue.get_infofile_path(entry.stash_rev)).parent, ignore_errors=True)
+        gone.append(entry.stash_rev)
+    return gone
 
 
 def _alive(pid: int, marker: bytes) -> bool:

@@ -141,15 +141,22 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
     record, missing or half-written: `exp show` reads the record of every active task, and DVC
     calls a task active as soon as a worker takes it, before the record exists, and rewrites
     the record in place (seen in test_study_e2e: a study started right after a Ctrl-C).
+    A task that ended well but lost its record fails it for good: it is taken off DVC's queue
+    (``dvcqueue.repair``, which says so), and `exp show` runs again.
     """
+    from normbench.dvcqueue import INVALID_TASK, repair
+
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     deadline = time.monotonic() + wait_s
     while True:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
             return with_cell_records(repo, json.loads(proc.stdout))
+        if INVALID_TASK.search(proc.stderr) and repair(repo):
+            continue  # a task that had ended without its record: off the queue now
         unreadable = _unreadable_task_record(proc.stderr)
-        if not unreadable or time.monotonic() >= deadline:
+        # Nothing to repair: a task taken off the queue between two reads of DVC's, for a moment.
+        if not (unreadable or INVALID_TASK.search(proc.stderr)) or time.monotonic() >= deadline:
             hint = _orphaned_task_hint(proc.stderr, wait_s) if unreadable else ""
             raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}{hint}")
         time.sleep(1)
