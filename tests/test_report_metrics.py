@@ -38,3 +38,16 @@ def test_the_cell_records_keep_every_key_as_the_train_stage_wrote_it():
     assert records == {"resnet18-digits-7": {
         "final_acc": 0.9, "final_loss": 0.3, "val_acc": 0.8, "above_chance_p": 1e-30,
         "execution": "cpu fp32 eager", "drift_first_conv": 0.123456}}
+
+
+def test_compare_reads_the_cell_records_not_the_percent_metrics():
+    from normbench.runs import CELL_RECORDS, parse_exp_show
+
+    record = {"best_acc": 0.5, "final_acc": 0.5, "final_loss": 1.0, "execution": "cpu"}
+    data = {"params": {"params.yaml": {"data": {"norm": "minmax", "weights": "scratch"}}},
+            "metrics": {"metrics.json": {"data": {"resnet18-shapes-3": {"final_acc_pct": 50.0}}},
+                        CELL_RECORDS: {"data": {"resnet18-shapes-3": record}}}}
+    runs = parse_exp_show([{"rev": "abc", "data": data}])
+    assert [r.cells for r in runs] == [{("resnet18", "shapes", 3): record}]
+    del data["metrics"][CELL_RECORDS]  # a run whose report wrote no records: nothing to compare
+    assert parse_exp_show([{"rev": "abc", "data": data}]) == []

@@ -84,7 +84,7 @@ def check_block(block: Any, schema: Mapping[str, type], where: str) -> dict[str,
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` block of params.yaml: the seed study's settings by default."""
+    """The ``train`` block of params.yaml: TooTouch/Normalization-Test's settings by default."""
 
     epochs: int  # passes over the train split
     batch_size: int  # images per optimizer step

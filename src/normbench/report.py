@@ -278,8 +278,9 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
          "choice is made on the test set.",
          accuracy_table(metrics, grid, "val_acc"), None),
         ("Best test accuracy (%), the original study's figure",
-         "Highest test accuracy over the epochs of each cell, as the seed study reports it. The "
-         "epoch is chosen on the test set, so this figure is optimistic; no choice and no "
+         "Highest test accuracy over the epochs of each cell, as TooTouch/Normalization-Test "
+         "reports it. The epoch is chosen on the test set, so this figure is optimistic; no "
+         "choice and no "
          "verdict uses it (best_epoch, in the cells' table, is chosen on validation).",
          accuracy_table(metrics, grid, "best_acc"), None),
         ("Cells that did not learn", not_learned_text(metrics), None, None),

@@ -1,4 +1,5 @@
-"""The real datasets of the seed study: fetched, checksum-verified, safely extracted, converted.
+"""The real datasets of TooTouch/Normalization-Test: fetched, checksum-verified, safely
+extracted, converted.
 
 Files and checksums are torchvision's own (its CIFAR and SVHN classes), plus the official
 Tiny-ImageNet-200 zip. Every downloaded archive and every CIFAR and SVHN file is MD5-verified
