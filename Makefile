@@ -105,9 +105,10 @@ figure: study
 clean-venv:
 	rm -rf $(VENV)
 
-# Mutation testing (mutmut 3, configured in pyproject.toml [tool.mutmut]): significance.py,
-# normalizations.py and stats.py mutated one change at a time, each mutant run against the fast
-# unit tests that call it; ends with the list of mutants no test killed (`mutmut show NAME`).
+# Mutation testing (mutmut 3, configured in pyproject.toml [tool.mutmut]): the files it lists
+# (significance.py, normalizations.py, stats.py; runs.py, compare.py and weightcompare.py but
+# their I/O) mutated one change at a time, each mutant run against the fast unit tests that
+# call it; ends with the list of mutants no test killed (`mutmut show NAME`).
 # From scratch each time (mutmut's working copy is ./mutants/). MUTATION_JOBS: mutants at once
 # (default: one per CPU).
 MUTATION_JOBS ?=
