@@ -46,9 +46,10 @@ def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-                metrics = ((data.get("metrics") or {}).get("metrics.json") or {}).get("data")
-                if not (params and metrics):  # a failed experiment
-                    continue
+                if not (params and (data.get("metrics") or {}).get("metrics.json")):
+                    continue  # a failed experiment
+                # The report's record of every cell, from git (not a DVC metric).
+                metrics = json.loads(sh(repo, "git", "show", f"{rev['rev']}:report/cells.json"))
                 setting = f"norm={params['norm']} weights={params['weights']}"
                 for seed in params["seeds"]:
                     found.setdefault(setting, {})[seed] = metrics[f"resnet18-shapes-{seed}"]

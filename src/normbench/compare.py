@@ -1,4 +1,5 @@
-"""Compare settings across DVC experiments: the seed study's tables, with error bars and tests.
+"""Compare settings across DVC experiments: TooTouch/Normalization-Test's tables, with error bars
+and tests.
 
 Reads every commit and experiment of the repository with ``dvc exp show --json --all-commits``,
 keeps the cells that are like the workspace's (or ``--like <run>``'s, see runs.py), groups them
@@ -489,8 +490,9 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         ("Table 3: every setting side by side", "Final test accuracy (%); best mean per model "
          "and dataset in bold.", result["table3"]),
         ("The original study's figure: best test accuracy (%)",
-         "The highest test accuracy over the epochs of each cell, as the seed study reports it. "
-         "The epoch is chosen on the test set, so this figure is optimistic (more so for noisy "
+         "The highest test accuracy over the epochs of each cell, as "
+         "TooTouch/Normalization-Test reports it. The epoch is chosen on the test set, so "
+         "this figure is optimistic (more so for noisy "
          "settings); no verdict uses it.", result["best"]),
         ("Tests", "One family per page: every test that can reach α with its seeds is corrected "
          "with Holm's step-down method, and the verdict reads the adjusted p; a test whose "

@@ -43,6 +43,10 @@ PLACE_KEYS = ("device", "weights_mirror", "data_root", "data_mirror", "download_
 # Metrics that must agree for two runs of a cell to count as the same result (timings may not).
 RESULT_KEYS = ("best_acc", "final_acc", "final_loss")
 MISSING = "(missing)"
+# Every cell's record (report.cell_records), written by the report stage into its folder: in git
+# in every commit and experiment like metrics.json, but not a DVC metric (metrics.json holds the
+# reviewer's figures in percent). exp_show reads it from git for each run.
+CELL_RECORDS = "report/cells.json"
 TRAIN_STAGE = "train@{cell}"  # a cell's stage in dvc.lock
 START_STAGE = "start@{model}"  # its model's start stage (the weights it starts from)
 
@@ -82,16 +86,24 @@ def _run_from(entry: dict) -> Run | None:
         return None
     run = Run(entry["rev"], entry.get("name") or entry["rev"][:7], params,
               str(data.get("timestamp") or ""))
+    for cell, cell_metrics in cell_records(data).items():
+        model, dataset, seed = cell.rsplit("-", 2)
+        run.cells[(model, dataset, int(seed))] = cell_metrics
+    return run
+
+
+def cell_records(data: dict) -> dict[str, dict]:
+    """{cell: its whole record} of one rev of ``exp_show``: from CELL_RECORDS (added by
+    exp_show), or in older commits from metrics.json, which then held {cell: {best_acc, ...}}
+    (and means per model x dataset, which have no best_acc), or from one metrics/<cell>.json
+    per cell. Today's metrics.json ({cell: {final_acc_pct, ...}}) has no record."""
+    records = {}
     for path, metrics in (data.get("metrics") or {}).items():
         values = metrics.get("data") or {}
-        # metrics.json holds {cell: {best_acc, ...}} (and means per model x dataset, which have
-        # no best_acc); older commits have one metrics/<cell>.json per cell.
         per_cell = {Path(path).stem: values} if "best_acc" in values else values
-        for cell, cell_metrics in per_cell.items():
-            if isinstance(cell_metrics, dict) and "best_acc" in cell_metrics:  # else broken
-                model, dataset, seed = cell.rsplit("-", 2)
-                run.cells[(model, dataset, int(seed))] = cell_metrics
-    return run
+        records |= {cell: m for cell, m in per_cell.items()
+                    if isinstance(m, dict) and "best_acc" in m}  # else a mean, or broken
+    return records
 
 
 def finished_experiments(entry: dict) -> list[dict]:
@@ -139,7 +151,7 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
     while True:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
-            return json.loads(proc.stdout)
+            return with_cell_records(repo, json.loads(proc.stdout))
         if INVALID_TASK.search(proc.stderr) and repair(repo):
             continue  # a task that had ended without its record: off the queue now
         unreadable = _unreadable_task_record(proc.stderr)
@@ -148,6 +160,33 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
             hint = _orphaned_task_hint(proc.stderr, wait_s) if unreadable else ""
             raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}{hint}")
         time.sleep(1)
+
+
+def with_cell_records(repo: Path, entries: list[dict]) -> list[dict]:
+    """``entries`` with each commit's and finished experiment's CELL_RECORDS from git, as one
+    more metrics file of the rev (what DVC would show if it were a metric); a rev without it
+    (older commits) is left as it is."""
+    revs = [rev for entry in entries if entry.get("rev") not in (None, "workspace")
+            for rev in (entry, *finished_experiments(entry)) if rev.get("rev")]
+    if not revs:
+        return entries
+    # One git process for every rev: "<sha>:<path>" in, "<oid> blob <size>\n<bytes>\n" or
+    # "<sha>:<path> missing\n" out.
+    request = "".join(f"{rev['rev']}:{CELL_RECORDS}\n" for rev in revs).encode()
+    out = subprocess.run(["git", "cat-file", "--batch"], cwd=repo, input=request,
+                         capture_output=True, check=True).stdout
+    at = 0
+    for rev in revs:
+        header_end = out.index(b"\n", at)
+        header = out[at:header_end].split()
+        at = header_end + 1
+        if header[-1] == b"missing":
+            continue
+        size = int(header[2])
+        records = json.loads(out[at:at + size])
+        at += size + 1
+        rev.setdefault("data", {}).setdefault("metrics", {})[CELL_RECORDS] = {"data": records}
+    return entries
 
 
 _MISSING = "No such file or directory"  # DVC's words for a task record that is not there...

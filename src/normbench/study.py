@@ -21,7 +21,7 @@ from normbench.models import WEIGHTS
 from normbench.normalizations import NORMALIZATIONS
 from normbench.pretrain import NORM_CHOICES, PRETRAINING, check_norm, check_start
 from normbench.registry import ConfigError
-from normbench.runs import exp_show, finished_experiments
+from normbench.runs import cell_records, exp_show, finished_experiments
 from normbench.runstate import Experiment, study_lock
 
 EXECUTORS = ("local", "slurm")  # DVC's queue on this machine | one Slurm job per experiment
@@ -55,10 +55,10 @@ def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str
 # --- which experiments are done ------------------------------------------------------------
 
 def _finished(rev: dict) -> bool:
-    """Whether an experiment's metrics.json holds every cell its params ask for."""
+    """Whether an experiment's cell records hold every cell its params ask for."""
     data = rev.get("data") or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-    metrics = (((data.get("metrics") or {}).get("metrics.json") or {}).get("data")) or {}
+    metrics = cell_records(data)
     if not params:
         return False
     try:
