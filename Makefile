@@ -98,8 +98,10 @@ study: setup
 		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
 		$(if $(SPLIT_SEEDS),--split-seeds)
 
-# The README's picture, from the embedded study: `make study` trains only what is not done yet,
+# The README's picture, from the embedded study as the README shows it (3 seeds, 30 cells; a
+# SEEDS given on the command line still wins): `make study` trains only what is not done yet,
 # rewrites compare/, and its verdict figure becomes docs/study.png.
+figure: SEEDS = 1 2 3
 figure: study
 	mkdir -p docs
 	cp compare/verdicts.png docs/study.png
