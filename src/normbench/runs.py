@@ -200,7 +200,11 @@ def history_left_out(repo: Path) -> History:
 def with_cell_records(repo: Path, entries: list[dict]) -> list[dict]:
     """``entries`` with each commit's and finished experiment's CELL_RECORDS from git, as one
     more metrics file of the rev (what DVC would show if it were a metric); a rev without it
-    (older commits) is left as it is."""
+    (older commits) is left as it is. The workspace's is read from disk."""
+    for entry in entries:
+        if entry.get("rev") == "workspace" and (repo / CELL_RECORDS).is_file():
+            records = json.loads((repo / CELL_RECORDS).read_text())
+            entry.setdefault("data", {}).setdefault("metrics", {})[CELL_RECORDS] = {"data": records}
     revs = [rev for entry in entries if entry.get("rev") not in (None, "workspace")
             for rev in (entry, *finished_experiments(entry)) if rev.get("rev")]
     if not revs:
