@@ -161,3 +161,10 @@ See `src/normbench/runs.py`, `src/normbench/runz.py`, `tests/<file>.py`, `stages
         "path 'stages/nothing.py'", "param 'train.epoch'", "param 'start.pretrained.nrom'",
         "param 'speed.turbo'", "path 'src/normbench/runz.py'", "module file 'studies.py'",
         "link 'missing.md'"]
+
+
+def test_the_architecture_page_lists_every_module_of_the_library():
+    table = re.findall(r"^\| `([\w]+\.py)` \|", (ROOT / "docs" / "architecture.md").read_text(),
+                       flags=re.M)
+    modules = sorted(p.name for p in (ROOT / "src" / "normbench").glob("*.py"))
+    assert sorted(table) == modules

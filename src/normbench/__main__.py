@@ -11,7 +11,7 @@ import sys
 
 # command -> (module, what it does); the make target that runs it is in brackets.
 COMMANDS = {
-    "compare": ("compare", "tables and verdicts across this repository's experiments [make compare]"),
+    "compare": ("compare", "tables and verdicts across HEAD's experiments [make compare]"),
     "study": ("study", "every setting with seeds as DVC experiments, then compare [make study]"),
     "reproduction": ("reproduction", "did this machine reproduce dvc.lock's hashes? [make repro]"),
     "weights": ("fetch_weights", "pre-fetch the models' ImageNet weights [make weights]"),

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from normbench.config import SpeedConfig, load_params, require
+from normbench.eta import Eta
 from normbench.grid import Grid, cell_name, check_per_model
 from normbench.io import run_main
 from normbench.models import WEIGHTS
@@ -147,10 +148,20 @@ def main(argv: list[str] | None = None) -> None:
         run(repo, experiments, args)
 
 
+def cell_count(repo: Path, exp: Experiment) -> int:
+    """How many cells (model x dataset x seed) ``exp`` trains."""
+    params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
+    return len(Grid.from_params(params).cells())
+
+
 def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> None:
     """Run what is missing of ``experiments`` on the chosen executor, then compare them all."""
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]
+    eta = Eta({e.name: cell_count(repo, e) for e in experiments})
+    for exp in experiments:
+        if exp.name in done:
+            eta.end(exp.name)
     from normbench.dvcqueue import default_jobs, run_local
 
     jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
@@ -160,6 +171,7 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
           f"({args.executor}{f', {jobs} at once' if args.executor == 'local' else ''}); "
           f"baseline: norm={args.baseline}, against every setting with the same weights",
           flush=True)
+    print(f"study: {eta.line(jobs)}", flush=True)
     outcomes = {}
     try:
         if todo and args.executor == "local":
@@ -170,7 +182,7 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
                 if share.why:
                     print(f"study: cells per GPU: {share.why}{'; MPS on' if mps else ''}",
                           flush=True)
-                outcomes = run_local(repo, todo, jobs)
+                outcomes = run_local(repo, todo, jobs, eta=eta)
         elif todo:
             from normbench.cluster import run_on_slurm
 
