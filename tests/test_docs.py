@@ -18,7 +18,8 @@ TOP_FILES = ("Makefile", "README.md", "params.yaml", "dvc.yaml", "dvc.lock", "re
              "pyproject.toml")
 # ...except what running the project writes there (results, DVC's own working files, the page
 # template that `make setup` writes).
-GENERATED = ("bench/results", ".dvc/tmp", ".dvc/cache", ".dvc/plots/offline.html")
+GENERATED = ("bench/results", ".dvc/tmp", ".dvc/cache", ".dvc/plots/offline.html",
+             ".dvc/config.local")  # written by make setup
 # Where a bare script or module name (`train.py`, `gpu_session.py`) must be found.
 CODE_DIRS = ("src/normbench", "stages", "bench", "tests")
 # Dotted names in backticks that are not params keys: Python modules and attributes, config keys
