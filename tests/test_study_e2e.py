@@ -44,6 +44,8 @@ def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
     for entry in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
         for exp in entry.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue  # failed, queued or running: DVC shows its stash's files, no results
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
