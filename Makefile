@@ -6,21 +6,27 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup system-packages repro test weights compare study figure clean-venv mutation
 
-# pyproject.toml's requires-python, checked before anything is installed.
+# pyproject.toml's requires-python, checked before anything is installed. Then the pinned
+# requirements, then normbench itself, editable (src/ as it is) and offline: built by the venv's
+# own setuptools (requirements.txt), so `python -m normbench` works in the activated venv.
 $(STAMP): requirements.txt pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' || \
 		{ echo "normbench needs Python >= 3.11.4 (hashlib.file_digest, tarfile's extraction filters); python3 is $$(python3 -V)"; exit 1; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# The `dvc plots` page template named in .dvc/config (plots.html_template): vega, vega-lite and
-# vega-embed inlined from vl-convert-python, so `dvc plots show` / `diff` render offline.
+# The `dvc plots` page template: vega, vega-lite and vega-embed inlined from vl-convert-python,
+# so `dvc plots show` / `diff` render offline. Named in .dvc/config.local (this machine's, git-
+# ignored by DVC); without it .dvc/config's page says to run `make setup`.
 PLOTS_PAGE := .dvc/plots/offline.html
 $(PLOTS_PAGE): $(STAMP) src/normbench/plots_page.py
 	PYTHONPATH=src python -m normbench.plots_page $@
 
 setup: $(STAMP) $(PLOTS_PAGE)
+	@grep -qs '^ *html_template = plots/offline.html' .dvc/config.local || \
+		dvc config --local plots.html_template plots/offline.html
 
 # Ends by saying whether this machine reproduced the committed dvc.lock, and if not, what to
 # compare against instead (normbench.reproduction).
@@ -60,9 +66,11 @@ test: setup system-packages
 weights: setup
 	PYTHONPATH=src python -m normbench.fetch_weights
 
-# Tables 1-3 and Figure 1 over all DVC experiments of this repository, into compare/.
+# Tables 1-3 and Figure 1 over HEAD and its DVC experiments, into compare/; ALL_COMMITS=1: over
+# every commit and experiment of the repository (slower: DVC reads each commit).
+ALL_COMMITS ?=
 compare: setup
-	PYTHONPATH=src python -m normbench.compare
+	PYTHONPATH=src python -m normbench.compare $(if $(ALL_COMMITS),--all-commits)
 
 # Every setting with seeds as DVC experiments, run, then compared into compare/. What to run:
 #   make study NORMS="dataset minmax" WEIGHTS="scratch imagenet" SEEDS="1 2 3 4 5 6 7 8 9 10"
@@ -90,8 +98,10 @@ study: setup
 		--seeds $(SEEDS) --set $(SET) --jobs $(JOBS) --executor $(EXECUTOR) --slurm $(SLURM) \
 		$(if $(SPLIT_SEEDS),--split-seeds)
 
-# The README's picture, from the embedded study: `make study` trains only what is not done yet,
+# The README's picture, from the embedded study as the README shows it (3 seeds, 30 cells; a
+# SEEDS given on the command line still wins): `make study` trains only what is not done yet,
 # rewrites compare/, and its verdict figure becomes docs/study.png.
+figure: SEEDS = 1 2 3
 figure: study
 	mkdir -p docs
 	cp compare/verdicts.png docs/study.png
@@ -99,9 +109,10 @@ figure: study
 clean-venv:
 	rm -rf $(VENV)
 
-# Mutation testing (mutmut 3, configured in pyproject.toml [tool.mutmut]): significance.py,
-# normalizations.py and stats.py mutated one change at a time, each mutant run against the fast
-# unit tests that call it; ends with the list of mutants no test killed (`mutmut show NAME`).
+# Mutation testing (mutmut 3, configured in pyproject.toml [tool.mutmut]): the files it lists
+# (significance.py, normalizations.py, stats.py; runs.py, compare.py and weightcompare.py but
+# their I/O) mutated one change at a time, each mutant run against the fast unit tests that
+# call it; ends with the list of mutants no test killed (`mutmut show NAME`).
 # From scratch each time (mutmut's working copy is ./mutants/). MUTATION_JOBS: mutants at once
 # (default: one per CPU).
 MUTATION_JOBS ?=

@@ -48,7 +48,7 @@ from normbench import gpushare  # noqa: E402
 from normbench.config import TrainConfig  # noqa: E402
 from normbench.dvcqueue import run_local  # noqa: E402
 from normbench.models import MODELS  # noqa: E402
-from normbench.runs import parse_exp_show  # noqa: E402
+from normbench.runs import exp_show, parse_exp_show  # noqa: E402
 from normbench.study import apply_sets, plan  # noqa: E402
 from normbench.timing import TIMINGS_ENV  # noqa: E402
 from normbench.validation import split_indices  # noqa: E402
@@ -95,7 +95,7 @@ def run_queue(repo: Path, jobs: int, mps: bool) -> tuple[float, list[dict], bool
     if failed:
         raise SystemExit(f"error: queued experiments failed in {repo}: {failed}")
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
-    runs = parse_exp_show(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
+    runs = parse_exp_show(exp_show(repo, all_commits=False))
     cells = [{"cell": f"{m}-{d}-{s}", **{k: metrics.get(k) for k in CELL_METRICS}}
              for run in runs if run.rev != head for (m, d, s), metrics in run.cells.items()]
     for cell in cells:

@@ -10,8 +10,10 @@ from normbench import weightdist  # noqa: E402
 from normbench.config import load_params  # noqa: E402
 from normbench.grid import Grid, cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
-from normbench.report import (build_report, metrics_summary, read_history,  # noqa: E402
-                              read_metrics, write_report)
+from normbench.registry import ConfigError  # noqa: E402
+from normbench.report import (build_report, cell_records, metrics_summary,  # noqa: E402
+                              read_history, read_metrics, write_report)
+from normbench.runs import CELL_RECORDS  # noqa: E402
 
 
 def main() -> None:
@@ -21,9 +23,12 @@ def main() -> None:
     ap.add_argument("--stats", required=True, help="folder of <dataset>.json statistics")
     ap.add_argument("--weightdist", required=True, help="folder of the cells' weight snapshots")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--summary", required=True, help="output: every cell's metrics, one JSON")
+    ap.add_argument("--summary", required=True, help="output: the DVC metrics, in percent")
     args = ap.parse_args()
 
+    records = Path(CELL_RECORDS)  # where compare reads every cell's record, in git
+    if records.parent != Path(args.out):
+        raise ConfigError(f"--out must be {records.parent} (normbench.runs.CELL_RECORDS), got {args.out}")
     params = load_params()
     grid = Grid.from_params(params, check_names=False)  # checked by the check stage, upstream
     metrics = read_metrics(grid, Path(args.metrics))
@@ -35,6 +40,7 @@ def main() -> None:
     report = build_report(params, grid, metrics, history, stats, weights)
     with atomic_path(args.out) as tmp:
         write_report(report, history, tmp)
+        write_json(tmp / records.name, cell_records(metrics))
     write_json(args.summary, metrics_summary(metrics))
     print(f"report -> {args.out}/index.html, {args.out}/README.md and {args.summary}")
 

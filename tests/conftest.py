@@ -125,7 +125,9 @@ def tiny_project(repo: Path, model: str = TINY_MODEL) -> None:
     sh(repo, "git", "init", "-q")
     git_user(repo)
     sh(repo, "dvc", "init", "-q")
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    for config in ("config", "config.local"):  # config.local: `make setup`'s plots page
+        if (ROOT / ".dvc" / config).is_file():
+            shutil.copy(ROOT / ".dvc" / config, repo / ".dvc" / config)
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "project")  # dvclive cannot start in a repo with no commit

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import FAULT_SEED, ROOT, TINY_MODEL, require_program, tiny_project
 
-from normbench.runs import parse_exp_show
+from normbench.runs import parse_exp_show, with_cell_records
 
 # The one-node Slurm (its daemons, munged, /run/munge) exists once per machine: its tests never
 # run at the same time as each other under pytest-xdist (one module, one worker).
@@ -138,7 +138,7 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
     # the cancelled try finished was restored from the shared run-cache by the second try.
     show = subprocess.run([Path(sys.executable).parent / "dvc", "exp", "show", "--json"],
                           cwd=repo, capture_output=True, text=True, check=True).stdout
-    runs = parse_exp_show(json.loads(show))
+    runs = parse_exp_show(with_cell_records(repo, json.loads(show)))
     cells = sorted((r.setting, seed) for r in runs for (_, _, seed) in r.cells)
     assert cells == [("norm=dataset weights=scratch", 1), ("norm=dataset weights=scratch", 2),
                      ("norm=minmax weights=scratch", 1), ("norm=minmax weights=scratch", 2)]
@@ -154,7 +154,7 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
 def exp_cells(repo: Path) -> list[tuple[str, int]]:
     show = subprocess.run([Path(sys.executable).parent / "dvc", "exp", "show", "--json"],
                           cwd=repo, capture_output=True, text=True, check=True).stdout
-    return sorted((r.setting, seed) for r in parse_exp_show(json.loads(show))
+    return sorted((r.setting, seed) for r in parse_exp_show(with_cell_records(repo, json.loads(show)))
                   for (_, _, seed) in r.cells)
 
 

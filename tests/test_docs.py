@@ -18,7 +18,8 @@ TOP_FILES = ("Makefile", "README.md", "params.yaml", "dvc.yaml", "dvc.lock", "re
              "pyproject.toml")
 # ...except what running the project writes there (results, DVC's own working files, the page
 # template that `make setup` writes).
-GENERATED = ("bench/results", ".dvc/tmp", ".dvc/cache", ".dvc/plots/offline.html")
+GENERATED = ("bench/results", ".dvc/tmp", ".dvc/cache", ".dvc/plots/offline.html",
+             ".dvc/config.local")  # written by make setup
 # Where a bare script or module name (`train.py`, `gpu_session.py`) must be found.
 CODE_DIRS = ("src/normbench", "stages", "bench", "tests")
 # Dotted names in backticks that are not params keys: Python modules and attributes, config keys
@@ -161,3 +162,10 @@ See `src/normbench/runs.py`, `src/normbench/runz.py`, `tests/<file>.py`, `stages
         "path 'stages/nothing.py'", "param 'train.epoch'", "param 'start.pretrained.nrom'",
         "param 'speed.turbo'", "path 'src/normbench/runz.py'", "module file 'studies.py'",
         "link 'missing.md'"]
+
+
+def test_the_architecture_page_lists_every_module_of_the_library():
+    table = re.findall(r"^\| `([\w]+\.py)` \|", (ROOT / "docs" / "architecture.md").read_text(),
+                       flags=re.M)
+    modules = sorted(p.name for p in (ROOT / "src" / "normbench").glob("*.py"))
+    assert sorted(table) == modules

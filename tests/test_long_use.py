@@ -171,7 +171,7 @@ def queue_status(repo: Path) -> list[dict]:
 
 def finished_cells(repo: Path) -> dict[tuple[str, int], set[float]]:
     """{(setting, seed): every final accuracy found for it} over the commit and its finished
-    experiments, from `dvc exp show --json` (read here, not through normbench)."""
+    experiments, from `dvc exp show --json` and git (read here, not through normbench)."""
     found: dict[tuple[str, int], set[float]] = {}
     for entry in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
         if entry["rev"] == "workspace":
@@ -182,7 +182,10 @@ def finished_cells(repo: Path) -> dict[tuple[str, int], set[float]]:
         for rev in revs:
             data = rev.get("data") or {}
             params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-            metrics = ((data.get("metrics") or {}).get("metrics.json") or {}).get("data") or {}
+            if not (data.get("metrics") or {}).get("metrics.json"):
+                continue
+            # The report's record of every cell, in git (not a DVC metric): fractions, unrounded.
+            metrics = json.loads(sh(repo, "git", "show", f"{rev['rev']}:report/cells.json"))
             for seed in params["seeds"]:
                 cell = metrics.get(f"{TINY_MODEL}-shapes-{seed}")
                 if cell:

@@ -20,7 +20,7 @@ from normbench.grid import check_grid
 from normbench.models import build_model
 from normbench.normalizations import NORMALIZATIONS, normalize
 from normbench.registry import ConfigError
-from normbench.runs import parse_exp_show
+from normbench.runs import parse_exp_show, with_cell_records
 from normbench.significance import fmt_p
 from normbench.stats import read_channel_stats
 from normbench.timing import TIMINGS
@@ -154,18 +154,18 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
     check_cell_metrics(repo, minmax)
     minmax_preds = np.load(repo / "predictions" / f"{CELL}.npy")
     assert not np.array_equal(minmax_preds, base_preds)  # another norm, another model
+    # What `dvc metrics diff` shows a reviewer after one experiment: one row per cell and figure,
+    # in percent, nothing else (no timings, p-values or one-seed means).
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--all"))  # equal ones too
-    change = diff["metrics.json"][f"{CELL}.final_acc"]  # per cell, from the git-tracked summary
-    assert change["old"] == base["final_acc"] and change["new"] == minmax["final_acc"]
-    summary = json.loads((repo / "metrics.json").read_text())
-    assert summary[CELL] == minmax  # and the mean over seeds, what a delta should be read on
-    assert summary["resnet18-shapes"] == {"n_seeds": 1, "best_acc_mean": minmax["best_acc"],
-                                          "final_acc_mean": minmax["final_acc"],
-                                          "val_acc_mean": minmax["val_acc"],
-                                          "drift_first_conv_mean": minmax["drift_first_conv"],
-                                          "drift_deep_conv_mean": minmax["drift_deep_conv"]}
-    mean = diff["metrics.json"]["resnet18-shapes.final_acc_mean"]
-    assert mean["old"] == change["old"] and mean["new"] == change["new"]
+    assert list(diff) == ["metrics.json"], diff
+    assert sorted(diff["metrics.json"]) == [f"{CELL}.{k}_pct" for k in (
+        "drift_deep_conv", "drift_first_conv", "final_acc", "val_acc")]
+    change = diff["metrics.json"][f"{CELL}.final_acc_pct"]
+    assert change["old"] == round(base["final_acc"] * 100, 2)
+    assert change["new"] == round(minmax["final_acc"] * 100, 2)
+    assert change["diff"] == pytest.approx(change["new"] - change["old"])
+    records = json.loads((repo / "report" / "cells.json").read_text())
+    assert records == {CELL: minmax}  # the whole record, in git, for compare
     out = sh(repo, "dvc", "exp", "run", "-S", "norm=dataset")
     assert f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs" in out, out
     assert "Running stage 'train@" not in out  # restored from the run-cache, not retrained
@@ -228,7 +228,7 @@ def test_queue_runs_settings_in_parallel_workers(repo, monkeypatch):
         time.sleep(2)
     status = sh(repo, "dvc", "queue", "status")
     assert status.count("Success") == 2 and "Failed" not in status, status
-    runs = parse_exp_show(json.loads(sh(repo, "dvc", "exp", "show", "--json")))
+    runs = parse_exp_show(with_cell_records(repo, json.loads(sh(repo, "dvc", "exp", "show", "--json"))))
     done = {r.setting for r in runs if (TINY_MODEL, "shapes", 223) in r.cells}
     assert {"norm=instance weights=scratch", "norm=none weights=scratch"} <= done
 

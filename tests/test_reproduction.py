@@ -9,6 +9,7 @@ import yaml
 from conftest import copy_project, sh
 
 from normbench.reproduction import BASELINE_RECIPE, verdict
+from normbench.runs import CELL_RECORDS
 
 LOCK = {
     "stats@shapes": {"deps": [{"path": "data/shapes", "md5": "d1.dir"},
@@ -85,13 +86,13 @@ def test_after_dvc_repro_it_reads_the_workspace_against_head(reproduced_tiny_pro
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     train = next(s for name, s in lock["stages"].items() if name.startswith("train@"))
     train["outs"][0]["md5"] = "0" * 32
-    metrics = json.loads((repo / "metrics.json").read_text())
+    metrics = json.loads((repo / CELL_RECORDS).read_text())
     cell = next(c for c, m in metrics.items() if "final_acc" in m)
     here = metrics[cell]["final_acc"]
     metrics[cell]["final_acc"] = here + 0.125
-    workspace = {p: (repo / p).read_text() for p in ("dvc.lock", "metrics.json")}
+    workspace = {p: (repo / p).read_text() for p in ("dvc.lock", CELL_RECORDS)}
     (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-    (repo / "metrics.json").write_text(json.dumps(metrics))
+    (repo / CELL_RECORDS).write_text(json.dumps(metrics))
     sh(repo, "git", "commit", "-qam", "another machine's results")
     for path, text in workspace.items():
         (repo / path).write_text(text)

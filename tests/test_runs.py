@@ -1,5 +1,6 @@
 """Only like is compared with like: runs with other learning params are left out, with why."""
 
+import json
 import os
 import re
 import sys
@@ -485,3 +486,16 @@ def test_runs_on_another_kind_of_machine_are_left_out_naming_both():
         f"(compared: {EXEC} on {here})",
         f"unrecorded, digits: ran as {EXEC} (compared: {EXEC} on {here})"]
     assert sel.fixed["digits"]["execution"] == f"{EXEC} on {here}"  # on the page, by name
+
+
+def test_the_workspace_run_keeps_its_cells_from_its_records_on_disk(tmp_path):
+    # metrics.json holds percentages only; a cell's record is report/cells.json, which exp_show
+    # reads from git for commits and from disk for the workspace.
+    from normbench.runs import CELL_RECORDS, with_cell_records
+    (tmp_path / CELL_RECORDS).parent.mkdir()
+    (tmp_path / CELL_RECORDS).write_text(json.dumps(
+        {"resnet18-digits-1": {"best_acc": 0.9, "final_acc": 0.875, "final_loss": 0.3}}))
+    workspace = [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": PARAMS}}}}]
+    *_, cells = reference_params(with_cell_records(tmp_path, workspace), None)
+    assert cells == {("resnet18", "digits", 1): {"best_acc": 0.9, "final_acc": 0.875,
+                                                  "final_loss": 0.3}}

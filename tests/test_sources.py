@@ -120,8 +120,21 @@ def test_data_root_is_used_without_network(tmp_path, no_network, monkeypatch):
     arrays = build_dataset("cifar10", {}, source(tmp_path, root=root))
     assert arrays.classes == written["classes"]
     assert not (tmp_path / "downloads").exists()
-    with pytest.raises(ConfigError, match="data_root .* lacks a verified copy of cifar100"):
+    with pytest.raises(ConfigError, match="data_root .* lacks a verified copy of cifar100") as e:
         build_dataset("cifar100", {}, source(tmp_path, root=root))
+    # The folder it looked for, not torchvision's advice (download=True is no param here).
+    assert "it must hold cifar-100-python/" in str(e.value) and "download=True" not in str(e.value)
+
+
+def test_an_empty_data_root_names_the_folder_each_dataset_needs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, expected in (("cifar10", "cifar-10-batches-py/"), ("cifar100", "cifar-100-python/"),
+                           ("tiny_imagenet_200", "tiny-imagenet-200/"),
+                           ("svhn", "train_32x32.mat and test_32x32.mat")):
+        with pytest.raises(ConfigError) as e:
+            build_dataset(name, {}, source(tmp_path, root=empty))
+        assert expected in str(e.value) and "download=True" not in str(e.value), name
 
 
 def test_unreachable_network_names_the_fixes(tmp_path, closed_port_url):

@@ -105,3 +105,40 @@ def test_slurm_options_are_checked_before_anything_is_submitted():
         slurm_parameters(["partition=gpu"])
     with pytest.raises(ValueError, match="must look like key=value"):
         slurm_parameters(["gpu"])
+
+
+def test_cells_are_timed_from_the_logs_and_the_time_left_is_the_mean_shared_by_the_jobs():
+    from normbench.dvcqueue import train_cells
+    from normbench.eta import Eta
+
+    # The log above: shapes-1 restored, shapes-2 training; once the report runs, both finished.
+    assert train_cells(LOG, succeeded=False) == ("resnet18-shapes-2", ["resnet18-shapes-1"])
+    report = LOG + "Running stage 'report':\n"
+    assert train_cells(report, succeeded=False) == (None, ["resnet18-shapes-1",
+                                                           "resnet18-shapes-2"])
+    assert train_cells(LOG, succeeded=True)[1] == ["resnet18-shapes-1", "resnet18-shapes-2"]
+    assert train_cells("", succeeded=False) == (None, [])
+
+    now = [0.0]
+    eta = Eta({"done-before": 2, "a": 3, "b": 3}, clock=lambda: now[0])
+    eta.end("done-before")
+    assert eta.line(2) == "cells: 2 done / 6 to do; time left: known once a cell has trained"
+    assert eta.observe("a", "c1", []) == 0
+    now[0] = 5.0
+    assert eta.observe("b", None, ["c1"]) == 1  # restored from the run-cache: done, not timed
+    assert eta.seconds_left(2) is None
+    now[0] = 100.0
+    assert eta.observe("a", "c2", ["c1"]) == 1  # c1 trained from 0 to 100 s
+    assert eta.observe("a", "c2", ["c1"]) == 0  # seen again: counted once
+    # 4 done, 4 to do at 100 s a cell, 2 experiments at once: 200 s
+    assert eta.seconds_left(2) == 200.0
+    assert eta.line(2) == ("cells: 4 done / 4 to do; about 3.3 min left (mean 1.7 min a cell "
+                           "over 1 trained, 2 at once)")
+    now[0] = 400.0
+    eta.observe("a", None, ["c2", "c3"])  # c2 took 300 s; c3 finished between two polls
+    assert eta.durations == [100.0, 300.0]
+    assert eta.seconds_left(1) == 2 * 200.0  # b's 2 cells left, one at a time
+    eta.end("a")
+    eta.end("b")  # every cell done, whatever the logs showed
+    assert eta.cells_done() == 8 and eta.seconds_left(1) == 0.0
+    assert eta.line(1) == "cells: 8 done / 0 to do (mean 3.3 min a cell over 2 trained)"

@@ -3,6 +3,7 @@ reported without stopping the others, and a third run that has nothing left to d
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,12 +44,15 @@ def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
     for entry in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
         for exp in entry.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state", "success") != "success":
+                continue  # failed, queued or running: DVC shows its stash's files, no results
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-                metrics = ((data.get("metrics") or {}).get("metrics.json") or {}).get("data")
-                if not (params and metrics):  # a failed experiment
-                    continue
+                if not (params and (data.get("metrics") or {}).get("metrics.json")):
+                    continue  # a failed experiment
+                # The report's record of every cell, from git (not a DVC metric).
+                metrics = json.loads(sh(repo, "git", "show", f"{rev['rev']}:report/cells.json"))
                 setting = f"norm={params['norm']} weights={params['weights']}"
                 for seed in params["seeds"]:
                     found.setdefault(setting, {})[seed] = metrics[f"resnet18-shapes-{seed}"]
@@ -91,6 +95,11 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     log = Path(failed[0].split(" failed: ")[1])
     assert "error: cannot get ImageNet weights resnet18-" in log.read_text()
     assert "2 of 4 experiments failed" in out
+    # Cells done / to do as they finish: the two ImageNet experiments' 4 cells never are; the
+    # last line counts the other 4, and the time left rests on the cells trained here.
+    counts = re.findall(r"cells: (\d+) done / (\d+) to do(?:; about .+ left)? \(mean .+ a cell "
+                        r"over (\d+) trained", out)
+    assert counts and counts[-1][:2] == ("4", "4") and int(counts[-1][2]) >= 1, out
     assert queue_workers(repo) == []  # when the study returns, no worker of it is left running
     resumed = next(Path(p) for p in (repo / ".dvc" / "tmp" / "exps" / "run").glob("*/*.out")
                    if f"Reproducing experiment '{first}'" in Path(p).read_text()

@@ -1,9 +1,11 @@
-"""Compare settings across DVC experiments: the seed study's tables, with error bars and tests.
+"""Compare settings across DVC experiments: TooTouch/Normalization-Test's tables, with error bars
+and tests.
 
-Reads every commit and experiment of the repository with ``dvc exp show --json --all-commits``,
-keeps the cells that are like the workspace's (or ``--like <run>``'s, see runs.py), groups them
-by setting (norm, weights), and writes Table 1 (dataset statistics after each setting), Table 2
-(each setting against the baseline norm under the same weights, deltas coloured), Table 3 (every
+Reads HEAD and its experiments with ``dvc exp show --json`` (``--all-commits``: every commit and
+experiment of the repository; by default the rest is only counted, in one line), keeps the cells
+that are like the workspace's (or ``--like <run>``'s, see runs.py), groups them by setting
+(norm, weights), and writes Table 1 (dataset statistics after each setting), Table 2 (each
+setting against the baseline norm under the same weights, deltas coloured), Table 3 (every
 setting side by side, best in bold), the original study's best-epoch figure, and Figure 1 (test
 accuracy per epoch), as markdown and as a static HTML page.
 
@@ -39,8 +41,8 @@ from normbench.report import mean_pm_std, png_bytes, stats_table
 from normbench.significance import (ALPHA, MAX_SEEDS, POWER, Test, can_reject, compare_seeds,
                                     detectable, fmt_p, holm, mcnemar, seeds_for_verdict)
 from normbench.runs import (MissingOutputs, Run, Selection, attach_locks, exp_show,
-                            parse_exp_show, read_cell_outputs, read_lock, reference_params,
-                            revision_label, select)
+                            history_left_out, parse_exp_show, read_cell_outputs, read_lock,
+                            reference_params, revision_label, select)
 from normbench import weightcompare
 from normbench.verdict_figure import verdict_figure
 
@@ -441,8 +443,10 @@ def weight_section(repo: Path, cells: pd.DataFrame, baseline: str,
 
 def write(out: Path, baseline: str, runs: list[Run], selection: Selection, result: dict,
           stats: pd.DataFrame | None, fig: bytes | None, weights: WeightSection,
-          missing: MissingOutputs | None = None) -> None:
-    """compare/README.md, compare/index.html (figures embedded) and the figures as PNG."""
+          missing: MissingOutputs | None = None, history: str = "") -> None:
+    """compare/README.md, compare/index.html (figures embedded) and the figures as PNG.
+
+    ``history``: the line saying which commits and experiments were not read ("": all were)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = verdicts(result["tests"], baseline, list(selection.cells.index.unique("setting")))
     settings = sorted(selection.cells.index.unique("setting"))
@@ -453,7 +457,8 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
             if selection.left_out else "None left out.")
     sections = [
         ("Runs", f"{len(used)} of {len(runs)} commits and experiments compared: "
-         f"{', '.join(used)}. Settings: " + "; ".join(settings) + ".", None),
+         f"{', '.join(used)}. Settings: " + "; ".join(settings) + "."
+         + (f"\n\n{history[0].upper()}{history[1:]}." if history else ""), None),
         ("Held fixed", "Every compared cell was trained with these params; only the setting "
          "(norm, weights) and the seed vary. " + left, held_fixed(selection)),
     ]
@@ -489,8 +494,9 @@ def write(out: Path, baseline: str, runs: list[Run], selection: Selection, resul
         ("Table 3: every setting side by side", "Final test accuracy (%); best mean per model "
          "and dataset in bold.", result["table3"]),
         ("The original study's figure: best test accuracy (%)",
-         "The highest test accuracy over the epochs of each cell, as the seed study reports it. "
-         "The epoch is chosen on the test set, so this figure is optimistic (more so for noisy "
+         "The highest test accuracy over the epochs of each cell, as "
+         "TooTouch/Normalization-Test reports it. The epoch is chosen on the test set, so "
+         "this figure is optimistic (more so for noisy "
          "settings); no verdict uses it.", result["best"]),
         ("Tests", "One family per page: every test that can reach α with its seeds is corrected "
          "with Holm's step-down method, and the verdict reads the adjusted p; a test whose "
@@ -556,14 +562,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="only these runs (names or revisions); default: every one")
     ap.add_argument("--out", default="compare", help="output folder")
     ap.add_argument("--repo", default=".", help="the repository")
+    ap.add_argument("--all-commits", action="store_true",
+                    help="read every commit and its experiments too, not only HEAD and its "
+                         "experiments (`dvc exp show --all-commits`: slower, about 0.25 s a commit)")
     args = ap.parse_args(argv)
     repo = Path(args.repo)
-    entries = exp_show(repo)
+    entries = exp_show(repo, all_commits=args.all_commits)
+    not_read = "" if args.all_commits else history_left_out(repo).line(
+        "`make compare ALL_COMMITS=1` or `python -m normbench compare --all-commits`")
     runs = parse_exp_show(entries)
     if args.runs is not None:
         runs = [r for r in runs if r.name in args.runs or r.rev in args.runs]
     if not runs:
-        raise ConfigError("no commits or experiments with metrics; run `dvc exp run` first")
+        raise ConfigError("no commits or experiments with metrics; run `dvc exp run` first"
+                          + ("" if args.all_commits else " (or add --all-commits to read the "
+                             "history, not only HEAD and its experiments)"))
     attach_locks(repo, runs)
     like, reference, rev, ref_cells = reference_params(entries, args.like)
     selection = select(runs, reference, read_lock(repo, rev), ref_cells)
@@ -581,7 +594,9 @@ def main(argv: list[str] | None = None) -> None:
     write(Path(args.out), args.baseline, runs, selection, result,
           stats_table(stats) if stats else None,
           figure1(history) if not history.empty else None,
-          weight_section(repo, cells, args.baseline, missing), missing)
+          weight_section(repo, cells, args.baseline, missing), missing, not_read)
+    if not_read:
+        print(not_read)
     print(f"compare -> {args.out}/index.html and {args.out}/README.md "
           f"({len(selection.left_out)} run/dataset pair(s) left out, "
           f"{len(selection.conflicts)} conflicting cell(s))")

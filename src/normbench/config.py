@@ -27,6 +27,15 @@ COMPILE_MODES = Registry("speed.compile", {m: m for m in (
     "auto", "reduce-overhead", "default", "max-autotune", "captured", "none")})
 
 
+# What the check stage adds to a rejected value: `dvc exp run -S key=value` writes the value into
+# params.yaml before any stage runs (rewriting the file without its comments) and leaves it there
+# when the run fails.
+RESTORE_PARAMS = ("params.yaml now holds this value (`dvc exp run -S` writes it there before the "
+                  "run, and a failed run leaves it): restore the committed file with "
+                  "`git checkout params.yaml`, or run again with a valid value, e.g. "
+                  "`dvc exp run -S norm=dataset`")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -75,7 +84,7 @@ def check_block(block: Any, schema: Mapping[str, type], where: str) -> dict[str,
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` block of params.yaml: the seed study's settings by default."""
+    """The ``train`` block of params.yaml: TooTouch/Normalization-Test's settings by default."""
 
     epochs: int  # passes over the train split
     batch_size: int  # images per optimizer step

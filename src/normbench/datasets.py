@@ -1,7 +1,8 @@
 """The dataset registry: every dataset by name, and how to build it in the uniform array format.
 
 The embedded datasets ship with the code (or with scikit-learn), so the default pipeline runs
-offline; the real datasets of the seed study are fetched and verified by ``normbench.sources``.
+offline; the real datasets of TooTouch/Normalization-Test are fetched and verified by
+``normbench.sources``.
 """
 
 from __future__ import annotations

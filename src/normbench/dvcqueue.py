@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from normbench.eta import Eta
 from normbench.registry import ConfigError
 from normbench.runstate import Experiment, follow, head_commit
 
@@ -45,6 +46,20 @@ def progress(log: str) -> str:
     if not stage.startswith("train@") or not epochs:
         return stage
     return f"{stage} epoch {epoch[-1].group(1) if epoch else 0}/{epochs.group(1)}"
+
+
+def train_cells(log: str, succeeded: bool) -> tuple[str | None, list[str]]:
+    """The cell an experiment's log shows training (None: none) and the cells it has finished:
+    restored from the run-cache, or followed by another stage, or all once it has succeeded."""
+    stages = [(m.group(1) or m.group(2), bool(m.group(2))) for m in _STAGE.finditer(log)]
+    running, finished = None, []
+    for i, (stage, cached) in enumerate(stages):
+        if stage.startswith("train@"):
+            if cached or succeeded or i < len(stages) - 1:
+                finished.append(stage.removeprefix("train@"))
+            else:
+                running = stage.removeprefix("train@")
+    return running, finished
 
 
 class Task(NamedTuple):
@@ -152,6 +167,7 @@ class Watch:
     lost_polls: Counter = field(default_factory=Counter)  # polls in a row that found it lost
     workerless: int = 0  # polls in a row with work queued and no worker alive
     shown: dict[str, str] = field(default_factory=dict)
+    eta: Eta | None = None  # cells done / to do and the time left, printed as cells finish
 
     def is_lost(self, name: str) -> bool:
         return self.lost_polls[name] >= LOST_POLLS
@@ -166,6 +182,7 @@ class Watch:
                 self.lost_polls[name] = self.lost_polls[name] + 1 if lost(task, workers) else 0
         self._restart_if_workerless(workers)
         self._show()
+        self._count()
         return all(t.status in ("Success", "Failed") or self.is_lost(n)
                    for n, t in self.tasks.items())
 
@@ -195,6 +212,26 @@ class Watch:
                 self.shown[name] = state
                 print(f"  {name}: {state}", flush=True)
 
+    def _count(self) -> None:
+        """Time each cell from the logs; when one has finished, say how many are done and to
+        do, and the time left."""
+        if self.eta is None:
+            return
+        finished = 0
+        for name, task in self.tasks.items():
+            if name in self.eta.ended or task.status not in ("Running", "Success"):
+                continue
+            if task.log and task.log.is_file():
+                running, cells = train_cells(task.log.read_text(errors="replace"),
+                                             task.status == "Success")
+                finished += self.eta.observe(name, running, cells)
+            if task.status == "Success":
+                self.eta.end(name)
+        if finished:
+            left = sum(t.status in ("Queued", "Running") and not self.is_lost(n)
+                       for n, t in self.tasks.items())
+            print(f"  {self.eta.line(min(self.jobs, left))}", flush=True)
+
     def outcomes(self, forgotten: list[str]) -> dict[str, str]:
         """{name: done | failed: <log>}; ``forgotten``: the lost ones, taken off the queue."""
         again = (" (its queue worker was killed; run the same command again: its finished "
@@ -205,7 +242,7 @@ class Watch:
 
 
 def run_local(repo: Path, experiments: list[Experiment], jobs: int,
-              poll_s: float = 2.0) -> dict[str, str]:
+              poll_s: float = 2.0, eta: Eta | None = None) -> dict[str, str]:
     """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
 
     Experiments still queued or running from an interrupted study are waited for, not queued
@@ -227,6 +264,8 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     ended = (ended - active) & set(names)
     for name in sorted(ended):
         print(f"  {name}: done (it ended after the study counted what was done)", flush=True)
+        if eta is not None:
+            eta.end(name)
     names = [n for n in names if n not in ended]
     for exp in experiments:
         if exp.name in names and exp.name not in active:
@@ -234,7 +273,7 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     done = dict.fromkeys(sorted(ended), "done")
     if not names:
         return done
-    watch = Watch(repo, names, jobs)
+    watch = Watch(repo, names, jobs, eta=eta)
     try:
         start_queue(repo, jobs)
         follow(watch.poll, poll_s)

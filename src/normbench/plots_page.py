@@ -1,7 +1,8 @@
 """The HTML page template of `dvc plots show` / `dvc plots diff`, with vega inlined.
 
 DVC's default page loads vega, vega-lite and vega-embed from a CDN, so on a machine without
-network it stays blank. This template (named by `plots.html_template` in .dvc/config) carries
+network it stays blank. This template (named by `plots.html_template` in .dvc/config.local, which
+`make setup` writes; .dvc/config's own page says to run `make setup`) carries
 the three libraries inline, bundled by vl-convert-python, and has no `{scripts}` placeholder, so
 DVC adds no CDN tags. DVC fills `{plot_divs}` with one `vegaEmbed(...)` call per plot, which the
 bundle provides as a global.

@@ -42,26 +42,42 @@ def read_metrics(grid: Grid, metrics_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Metrics averaged over seeds per model x dataset in metrics.json, so that `dvc metrics diff`
-# prints the change that matters (e.g. resnet18-digits.best_acc_mean), not only per-seed cells.
-MEAN_KEYS = ("final_acc", "val_acc", "best_acc", "drift_first_conv", "drift_deep_conv")
+def cell_records(metrics: pd.DataFrame) -> dict[str, dict]:
+    """{cell: its metrics as the train stage wrote them}, keys a cell lacks left out: the report
+    folder's record of every cell (normbench.runs.CELL_RECORDS), which compare reads."""
+    records = {}
+    for row in metrics.to_dict("records"):
+        cell = cell_name(row.pop("model"), row.pop("dataset"), row.pop("seed"))
+        records[cell] = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+    return records
+
+
+# What a reviewer compares between two settings, the DVC metrics (metrics.json), in percent as
+# the README and the report speak: per cell, and with two seeds or more the mean and std over
+# them per model x dataset. (One seed's mean would repeat its cell's row.) The rest of a cell's
+# record (losses, chance, p-values, how it ran) is in cell_records; timings are in timings/.
+REVIEW_KEYS = ("final_acc", "val_acc", "drift_first_conv", "drift_deep_conv")
+PCT_DIGITS = 2  # 0.01 points: finer than one image of any test split here (1/360 = 0.28 points)
+
+
+def _pct(value: float) -> float:
+    return round(100 * float(value), PCT_DIGITS)
 
 
 def metrics_summary(metrics: pd.DataFrame) -> dict[str, dict]:
-    """{cell: its metrics, "<model>-<dataset>": means over seeds} for metrics.json.
-
-    Keys a cell lacks (peak_gpu_mib on a CPU) are left out; a std needs two seeds.
-    """
+    """metrics.json: {cell: {<key>_pct}, "<model>-<dataset>": {<key>_pct_mean, _std, n_seeds}}."""
     summary = {}
     for row in metrics.to_dict("records"):
-        cell = cell_name(row.pop("model"), row.pop("dataset"), row.pop("seed"))
-        summary[cell] = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+        cell = cell_name(row["model"], row["dataset"], row["seed"])
+        summary[cell] = {f"{k}_pct": _pct(row[k]) for k in REVIEW_KEYS
+                         if k in row and row[k] == row[k]}
     for (model, dataset), group in metrics.groupby(["model", "dataset"], sort=False):
+        if len(group) < 2:
+            continue
         means: dict[str, float | int] = {"n_seeds": len(group)}
-        for key in (k for k in MEAN_KEYS if k in group):
-            means[f"{key}_mean"] = float(group[key].mean())
-            if len(group) > 1:
-                means[f"{key}_std"] = float(group[key].std(ddof=1))
+        for key in (k for k in REVIEW_KEYS if k in group and group[k].notna().all()):
+            means[f"{key}_pct_mean"] = _pct(group[key].mean())
+            means[f"{key}_pct_std"] = _pct(group[key].std(ddof=1))
         summary[f"{model}-{dataset}"] = means
     return summary
 
@@ -262,8 +278,9 @@ def build_report(params: dict, grid: Grid, metrics: pd.DataFrame, history: pd.Da
          "choice is made on the test set.",
          accuracy_table(metrics, grid, "val_acc"), None),
         ("Best test accuracy (%), the original study's figure",
-         "Highest test accuracy over the epochs of each cell, as the seed study reports it. The "
-         "epoch is chosen on the test set, so this figure is optimistic; no choice and no "
+         "Highest test accuracy over the epochs of each cell, as TooTouch/Normalization-Test "
+         "reports it. The epoch is chosen on the test set, so this figure is optimistic; no "
+         "choice and no "
          "verdict uses it (best_epoch, in the cells' table, is chosen on validation).",
          accuracy_table(metrics, grid, "best_acc"), None),
         ("Cells that did not learn", not_learned_text(metrics), None, None),

@@ -15,10 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from normbench.io import run_main
-from normbench.runs import read_lock
+from normbench.runs import CELL_RECORDS, read_lock
 
 CELL_FIGURE = "final_acc"  # the figure verdicts use (fraction correct)
 BASELINE_RECIPE = ("compare against a baseline trained on this machine, not against HEAD: "
@@ -73,7 +71,7 @@ MOVES = ((CELL_FIGURE, 100, 2, " points"), ("final_loss", 1, 4, ""))
 
 
 def cells_of(metrics: dict) -> dict[str, dict]:
-    """The per-cell entries of metrics.json (those with ``final_acc``; not the means)."""
+    """The per-cell entries of a cell-records file (those with ``final_acc``)."""
     return {c: m for c, m in metrics.items() if isinstance(m, dict) and CELL_FIGURE in m}
 
 
@@ -117,22 +115,14 @@ def _git_json(repo: Path, path: str) -> dict:
     return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
 
 
-def summary_path(repo: Path) -> str:
-    """The report stage's metrics file (dvc.yaml declares it)."""
-    stage = (yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]).get("report") or {}
-    entry = (stage.get("metrics") or [None])[0]
-    return next(iter(entry)) if isinstance(entry, dict) else entry
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=Path("."))
     args = ap.parse_args(argv)
-    path = summary_path(args.repo)
-    here = args.repo / path if path else None
-    metrics = json.loads(here.read_text()) if here and here.is_file() else {}
+    here = args.repo / CELL_RECORDS  # every cell's record, as the report stage wrote it
+    metrics = json.loads(here.read_text()) if here.is_file() else {}
     print(verdict(read_lock(args.repo, "HEAD"), read_lock(args.repo, None),
-                  _git_json(args.repo, path) if path else {}, metrics))
+                  _git_json(args.repo, CELL_RECORDS), metrics))
 
 
 if __name__ == "__main__":

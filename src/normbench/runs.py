@@ -43,6 +43,10 @@ PLACE_KEYS = ("device", "weights_mirror", "data_root", "data_mirror", "download_
 # Metrics that must agree for two runs of a cell to count as the same result (timings may not).
 RESULT_KEYS = ("best_acc", "final_acc", "final_loss")
 MISSING = "(missing)"
+# Every cell's record (report.cell_records), written by the report stage into its folder: in git
+# in every commit and experiment like metrics.json, but not a DVC metric (metrics.json holds the
+# reviewer's figures in percent). exp_show reads it from git for each run.
+CELL_RECORDS = "report/cells.json"
 TRAIN_STAGE = "train@{cell}"  # a cell's stage in dvc.lock
 START_STAGE = "start@{model}"  # its model's start stage (the weights it starts from)
 
@@ -82,16 +86,24 @@ def _run_from(entry: dict) -> Run | None:
         return None
     run = Run(entry["rev"], entry.get("name") or entry["rev"][:7], params,
               str(data.get("timestamp") or ""))
+    for cell, cell_metrics in cell_records(data).items():
+        model, dataset, seed = cell.rsplit("-", 2)
+        run.cells[(model, dataset, int(seed))] = cell_metrics
+    return run
+
+
+def cell_records(data: dict) -> dict[str, dict]:
+    """{cell: its whole record} of one rev of ``exp_show``: from CELL_RECORDS (added by
+    exp_show), or in older commits from metrics.json, which then held {cell: {best_acc, ...}}
+    (and means per model x dataset, which have no best_acc), or from one metrics/<cell>.json
+    per cell. Today's metrics.json ({cell: {final_acc_pct, ...}}) has no record."""
+    records = {}
     for path, metrics in (data.get("metrics") or {}).items():
         values = metrics.get("data") or {}
-        # metrics.json holds {cell: {best_acc, ...}} (and means per model x dataset, which have
-        # no best_acc); older commits have one metrics/<cell>.json per cell.
         per_cell = {Path(path).stem: values} if "best_acc" in values else values
-        for cell, cell_metrics in per_cell.items():
-            if isinstance(cell_metrics, dict) and "best_acc" in cell_metrics:  # else broken
-                model, dataset, seed = cell.rsplit("-", 2)
-                run.cells[(model, dataset, int(seed))] = cell_metrics
-    return run
+        records |= {cell: m for cell, m in per_cell.items()
+                    if isinstance(m, dict) and "best_acc" in m}  # else a mean, or broken
+    return records
 
 
 def finished_experiments(entry: dict) -> list[dict]:
@@ -139,7 +151,7 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
     while True:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
-            return json.loads(proc.stdout)
+            return with_cell_records(repo, json.loads(proc.stdout))
         if INVALID_TASK.search(proc.stderr) and repair(repo):
             continue  # a task that had ended without its record: off the queue now
         unreadable = _unreadable_task_record(proc.stderr)
@@ -148,6 +160,72 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
             hint = _orphaned_task_hint(proc.stderr, wait_s) if unreadable else ""
             raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}{hint}")
         time.sleep(1)
+
+
+# DVC keeps each experiment as a git ref named after the commit it is based on; other refs under
+# refs/exps/ are its queue's and executors' own (refs/exps/celery/..., refs/exps/exec/...).
+EXP_REF = re.compile(r"^refs/exps/([0-9a-f]{2})/([0-9a-f]{38})/[^/]+$")
+
+
+@dataclass(frozen=True)
+class History:
+    """What ``exp_show(all_commits=False)`` leaves out: every commit but HEAD that
+    ``--all-commits`` reads (those of HEAD's history, branches, tags and remotes), and the DVC
+    experiments based on them."""
+
+    commits: int
+    experiments: int
+
+    def line(self, option: str) -> str:
+        """One line naming what is left out and the option that includes it; "" if nothing."""
+        if not (self.commits or self.experiments):
+            return ""
+        return (f"left out: the history, {self.commits} other commit(s) and "
+                f"{self.experiments} experiment(s) based on them ({option} includes them)")
+
+
+def history_left_out(repo: Path) -> History:
+    """Count, with git alone (`dvc exp show --all-commits` reads every commit: 40 s for 150),
+    the commits and experiments that HEAD's comparison leaves out."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout
+    head = git("rev-parse", "HEAD").strip()
+    commits = int(git("rev-list", "--count", "HEAD", "--branches", "--tags", "--remotes")) - 1
+    bases = [m[1] + m[2] for ref in git("for-each-ref", "--format=%(refname)", "refs/exps")
+             .splitlines() if (m := EXP_REF.match(ref))]
+    return History(commits, sum(base != head for base in bases))
+
+
+def with_cell_records(repo: Path, entries: list[dict]) -> list[dict]:
+    """``entries`` with each commit's and finished experiment's CELL_RECORDS from git, as one
+    more metrics file of the rev (what DVC would show if it were a metric); a rev without it
+    (older commits) is left as it is. The workspace's is read from disk."""
+    for entry in entries:
+        if entry.get("rev") == "workspace" and (repo / CELL_RECORDS).is_file():
+            records = json.loads((repo / CELL_RECORDS).read_text())
+            entry.setdefault("data", {}).setdefault("metrics", {})[CELL_RECORDS] = {"data": records}
+    revs = [rev for entry in entries if entry.get("rev") not in (None, "workspace")
+            for rev in (entry, *finished_experiments(entry)) if rev.get("rev")]
+    if not revs:
+        return entries
+    # One git process for every rev: "<sha>:<path>" in, "<oid> blob <size>\n<bytes>\n" or
+    # "<sha>:<path> missing\n" out.
+    request = "".join(f"{rev['rev']}:{CELL_RECORDS}\n" for rev in revs).encode()
+    out = subprocess.run(["git", "cat-file", "--batch"], cwd=repo, input=request,
+                         capture_output=True, check=True).stdout
+    at = 0
+    for rev in revs:
+        header_end = out.index(b"\n", at)
+        header = out[at:header_end].split()
+        at = header_end + 1
+        if header[-1] == b"missing":
+            continue
+        size = int(header[2])
+        records = json.loads(out[at:at + size])
+        at += size + 1
+        rev.setdefault("data", {}).setdefault("metrics", {})[CELL_RECORDS] = {"data": records}
+    return entries
 
 
 _MISSING = "No such file or directory"  # DVC's words for a task record that is not there...

@@ -1,4 +1,5 @@
-"""The real datasets of the seed study: fetched, checksum-verified, safely extracted, converted.
+"""The real datasets of TooTouch/Normalization-Test: fetched, checksum-verified, safely
+extracted, converted.
 
 Files and checksums are torchvision's own (its CIFAR and SVHN classes), plus the official
 Tiny-ImageNet-200 zip. Every downloaded archive and every CIFAR and SVHN file is MD5-verified
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -152,10 +154,17 @@ def _fetch_archive(url: str, archive_md5: str, source: Source, name: str) -> Pat
     return folder
 
 
-def _verified_or_fetched(load, name: str, source: Source, url: str, archive_md5: str):
+def _not_found(error: RuntimeError) -> str:
+    """torchvision's message without its advice (``download=True`` is no param of ours)."""
+    return re.sub(r"\.?\s*You can use download=True to download it\.?", "", str(error)).strip()
+
+
+def _verified_or_fetched(load, name: str, source: Source, url: str, archive_md5: str,
+                         expected: str):
     """``load(folder)`` from data_root as is, or from download_dir after fetching on a miss.
 
-    ``load`` raises RuntimeError (torchvision's way) when files are missing or fail checksums.
+    ``load`` raises RuntimeError (torchvision's way) when files are missing or fail checksums;
+    ``expected`` is what data_root must hold for it, in words (``cifar-10-batches-py/``).
     """
     folder = source.folder(name)
     try:
@@ -164,8 +173,10 @@ def _verified_or_fetched(load, name: str, source: Source, url: str, archive_md5:
         raise  # a crash while reading (a RuntimeError too), not missing data
     except RuntimeError as e:
         if source.root is not None:
-            raise ConfigError(f"data_root {folder} lacks a verified copy of {name} ({e}); "
-                              "fix data_root, or set it to null to download") from None
+            raise ConfigError(f"data_root {folder} lacks a verified copy of {name} "
+                              f"({_not_found(e)}): it must hold {expected}, as torchvision "
+                              "lays it out; fix data_root, or set it to null to download"
+                              ) from None
     _fetch_archive(url, archive_md5, source, name)
     try:
         return load(folder)
@@ -183,7 +194,8 @@ def load_cifar(class_name: str, name: str, source: Source) -> tuple[Split, Split
     def load(folder: Path):
         return [cls(str(folder), train=train, download=False) for train in (True, False)]
 
-    train, test = _verified_or_fetched(load, name, source, cls.url, cls.tgz_md5)
+    train, test = _verified_or_fetched(load, name, source, cls.url, cls.tgz_md5,
+                                       f"{cls.base_folder}/")
     as_split = lambda d: Split(np.ascontiguousarray(d.data, dtype=np.uint8),  # noqa: E731
                                np.asarray(d.targets, dtype=np.int64))
     return as_split(train), as_split(test), list(train.classes)
@@ -203,8 +215,10 @@ def load_svhn(source: Source) -> tuple[Split, Split, list[str]]:
         try:
             d = cls(str(folder), split=split, download=False)
         except RuntimeError as e:
-            raise ConfigError(f"{folder / filename} is missing or fails its checksum ({e}); "
-                              "fix data_root, or set it to null to download") from None
+            raise ConfigError(f"{folder / filename} is missing or fails its checksum "
+                              f"({_not_found(e)}): data_root must hold train_32x32.mat and "
+                              "test_32x32.mat; fix data_root, or set it to null to download"
+                              ) from None
         # torchvision gives N x C x H x W; the uniform format is N x H x W x C.
         splits.append(Split(np.ascontiguousarray(d.data.transpose(0, 2, 3, 1)),
                             d.labels.astype(np.int64)))
@@ -293,4 +307,4 @@ def _tiny_imagenet_from(folder: Path) -> tuple[Split, Split, list[str]]:
 def load_tiny_imagenet(source: Source) -> tuple[Split, Split, list[str]]:
     """Tiny-ImageNet-200 from its official zip; the labelled ``val`` split is the test set."""
     return _verified_or_fetched(_tiny_imagenet_from, "tiny_imagenet_200", source,
-                                TINY_IMAGENET_URL, TINY_IMAGENET_MD5)
+                                TINY_IMAGENET_URL, TINY_IMAGENET_MD5, "tiny-imagenet-200/")

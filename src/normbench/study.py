@@ -15,13 +15,14 @@ from pathlib import Path
 import yaml
 
 from normbench.config import SpeedConfig, load_params, require
+from normbench.eta import Eta
 from normbench.grid import Grid, cell_name, check_per_model
 from normbench.io import run_main
 from normbench.models import WEIGHTS
 from normbench.normalizations import NORMALIZATIONS
 from normbench.pretrain import NORM_CHOICES, PRETRAINING, check_norm, check_start
 from normbench.registry import ConfigError
-from normbench.runs import exp_show, finished_experiments
+from normbench.runs import cell_records, exp_show, finished_experiments
 from normbench.runstate import Experiment, study_lock
 
 EXECUTORS = ("local", "slurm")  # DVC's queue on this machine | one Slurm job per experiment
@@ -55,10 +56,10 @@ def plan(norms: list[str], weights: list[str], seeds: list[int], extra: list[str
 # --- which experiments are done ------------------------------------------------------------
 
 def _finished(rev: dict) -> bool:
-    """Whether an experiment's metrics.json holds every cell its params ask for."""
+    """Whether an experiment's cell records hold every cell its params ask for."""
     data = rev.get("data") or {}
     params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
-    metrics = (((data.get("metrics") or {}).get("metrics.json") or {}).get("data")) or {}
+    metrics = cell_records(data)
     if not params:
         return False
     try:
@@ -147,10 +148,20 @@ def main(argv: list[str] | None = None) -> None:
         run(repo, experiments, args)
 
 
+def cell_count(repo: Path, exp: Experiment) -> int:
+    """How many cells (model x dataset x seed) ``exp`` trains."""
+    params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
+    return len(Grid.from_params(params).cells())
+
+
 def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> None:
     """Run what is missing of ``experiments`` on the chosen executor, then compare them all."""
     done = completed(repo)
     todo = [e for e in experiments if e.name not in done]
+    eta = Eta({e.name: cell_count(repo, e) for e in experiments})
+    for exp in experiments:
+        if exp.name in done:
+            eta.end(exp.name)
     from normbench.dvcqueue import default_jobs, run_local
 
     jobs = default_jobs() if args.jobs == "auto" else int(args.jobs)
@@ -160,6 +171,7 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
           f"({args.executor}{f', {jobs} at once' if args.executor == 'local' else ''}); "
           f"baseline: norm={args.baseline}, against every setting with the same weights",
           flush=True)
+    print(f"study: {eta.line(jobs)}", flush=True)
     outcomes = {}
     try:
         if todo and args.executor == "local":
@@ -170,7 +182,7 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
                 if share.why:
                     print(f"study: cells per GPU: {share.why}{'; MPS on' if mps else ''}",
                           flush=True)
-                outcomes = run_local(repo, todo, jobs)
+                outcomes = run_local(repo, todo, jobs, eta=eta)
         elif todo:
             from normbench.cluster import run_on_slurm
 

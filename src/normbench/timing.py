@@ -4,8 +4,8 @@ A cell's metrics, checkpoint, curves and predictions are functions of its inputs
 on the same machine writes them bit for bit again, so a fresh clone's ``make repro`` reproduces
 every hash in the committed dvc.lock and leaves ``git status`` clean. Timing differs on every run,
 so it lives apart: ``timings/<cell>.json``, which no stage declares and git ignores.
-``dvc metrics show`` and the workspace row of ``dvc exp show`` show it (dvc.yaml lists the folder
-as metrics; git keeps only the folder, with an empty ``.keep.json``). A cell restored from the
+It is no DVC metric either, so that timing noise stays out of ``dvc metrics diff`` (git keeps
+only the folder, with an empty ``.keep.json``). A cell restored from the
 DVC cache trains nothing and writes nothing: the file there, if any, is from the last time the
 cell trained in this workspace. A queued experiment runs in a temporary copy of the workspace,
 deleted when it ends: a caller that wants its timings (bench/queue_speed.py) names a folder of

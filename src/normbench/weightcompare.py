@@ -18,7 +18,7 @@ that setting's weights (``norm=dataset weights=imagenet`` for the imagenet setti
 baseline is ``dataset``), since scratch and pretrained weights differ trivially. A setting with
 pretrained weights is also tested against scratch with the same norm: the drift from the
 weights each started from is comparable across kinds, and "pretrained weights barely move,
-scratch weights do" (the second seed document) is that test.
+scratch weights do" (the article "Normalization or Not") is that test.
 
 The verdict rests on one pre-stated test: the final drift of the whole tensor (exact, from
 ``summary.json``) over seeds, by the exact permutation test of significance.compare_seeds
@@ -90,8 +90,8 @@ def reference_for(setting: str, baseline: str) -> str:
 
 def weight_references(setting: str, baseline: str) -> list[str]:
     """What a setting's weights are tested against: the baseline norm with the same weights;
-    for pretrained weights also scratch with the same norm, the second seed document's claim
-    (pretrained weights barely move when fine-tuned, scratch weights do)."""
+    for pretrained weights also scratch with the same norm, the claim of the article
+    "Normalization or Not" (pretrained weights barely move when fine-tuned, scratch weights do)."""
     parts = parse_setting(setting)
     refs = [reference_for(setting, baseline)]
     if parts["weights"] != "scratch" and parts["norm"] != "pretraining":
