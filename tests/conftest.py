@@ -121,6 +121,8 @@ def tiny_project(repo: Path, model: str = TINY_MODEL) -> None:
     params.update(models=[model], datasets=["shapes"], seeds=[223], device="cpu")
     params["train"].update(epochs=1, batch_size=16, val_fraction=0.2)  # 8 of 38 train images held out
     params["data"]["shapes"]["images_per_class"] = 8
+    if model == TINY_MODEL:  # 4 steps an epoch, not 1 of its batch 64: two settings then differ
+        params["per_model"][model]["batch_size"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "init", "-q")
     git_user(repo)
