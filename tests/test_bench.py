@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their shared helpers from there
 
@@ -349,7 +349,7 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     """Two one-cell experiments on two DVC queue workers, on the CPU, in a tiny workload."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "queue_speed.py"), "--jobs", "2",
-         "--model", "resnet18", "--set", "datasets=[shapes]", "--set", "device=cpu",
+         "--model", TINY_MODEL, "--set", "datasets=[shapes]", "--set", "device=cpu",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=2",
          "--set", "train.batch_size=16", "--set", "train.val_fraction=0.2",
          "--results", str(tmp_path)],
@@ -357,8 +357,9 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [row] = [json.loads(line) for line in (tmp_path / next(
         p.name for p in tmp_path.glob("queue-*.jsonl"))).read_text().splitlines()]
-    assert row["jobs"] == 2 and row["model"] == "resnet18"
-    assert sorted(c["cell"] for c in row["cells"]) == ["resnet18-shapes-1", "resnet18-shapes-2"]
+    assert row["jobs"] == 2 and row["model"] == TINY_MODEL
+    assert sorted(c["cell"] for c in row["cells"]) == [f"{TINY_MODEL}-shapes-1",
+                                                     f"{TINY_MODEL}-shapes-2"]
     assert all(c["epochs"] == 2 and 0 <= c["best_acc"] <= 1 for c in row["cells"])
     # each cell's speed, from its timing file (a queued cell's workspace is gone by now)
     assert all(c["images_per_s"] > 0 and c["train_seconds"] > 0 for c in row["cells"])
@@ -367,7 +368,7 @@ def test_queue_speed_runs_cells_on_queue_workers_and_writes_its_table(tmp_path):
     assert row["train_images"] == 2 * 2 * 30
     assert row["aggregate_img_s"] == pytest.approx(row["train_images"] / row["seconds"], rel=1e-2)
     table = next(tmp_path.glob("queue-*.md")).read_text()
-    assert "## resnet18, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
+    assert f"## {TINY_MODEL}, datasets=[shapes] device=cpu" in table and "| 2 | no | 2 |" in table
     assert row["mps"] is False  # not asked for
 
 
@@ -375,18 +376,19 @@ def budget_rows(table: str, title: str) -> list[list[str]]:
     """The model rows of one of model_budget's tables, as cells."""
     part = table.split(f"## {title}")[1].split("## ")[0]
     return [[c.strip() for c in line.strip("|").split("|")] for line in part.splitlines()
-            if line.startswith("| resnet18 |")]
+            if line.startswith(f"| {TINY_MODEL} |")]
 
 
 def test_model_budget_trains_each_model_at_its_own_budget_from_scratch_and_pretrained(tmp_path):
-    """One model on a tiny workload: its per_model entry is the budget of its cells and of its
-    pretraining, and every cell's validation and test accuracy reach their tables."""
+    """One model (the small one: the script's machinery is tested, not the network) on a tiny
+    workload: its per_model entry is the budget of its cells and of its pretraining, and every
+    cell's validation and test accuracy reach their tables."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", TINY_MODEL,
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path),
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
          "--set", "train.val_fraction=0.2",  # 8 of 38 train images, one or two per class
-         "--set", "per_model.resnet18={batch_size: 8}",
+         "--set", f"per_model.{TINY_MODEL}={{batch_size: 8}}",
          "--set", "start.pretrained.data.images_per_class=6",
          "--set", "start.pretrained.data.test_fraction=0.25",
          "--set", "start.pretrained.train.epochs=1",
@@ -415,16 +417,16 @@ def test_model_budget_shows_validation_where_a_choice_reads_and_test_apart():
 
 def test_model_budget_sweeps_one_param_a_row_per_value(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", "resnet18",
+        [sys.executable, str(ROOT / "bench" / "model_budget.py"), "--models", TINY_MODEL,
          "--datasets", "shapes", "--device", "cpu", "--results", str(tmp_path), "--no-pretrained",
          "--set", "data.shapes.images_per_class=8", "--set", "train.epochs=1",
-         "--set", "train.val_fraction=0.2", "--sweep", "per_model.resnet18.lr=0.01,0.0001"],
+         "--set", "train.val_fraction=0.2", "--sweep", f"per_model.{TINY_MODEL}.lr=0.01,0.0001"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [path] = tmp_path.glob("model-budget-*-scratch-only-sweep-per-model-resnet18-lr.md")
+    [path] = tmp_path.glob(f"model-budget-*-scratch-only-sweep-per-model-{TINY_MODEL}-lr.md")
     rows = budget_rows(path.read_text(), "Validation accuracy")
-    assert [r[1] for r in rows] == ["batch 256, lr 0.01, 1 epochs, validation 0.2",
-                                    "batch 256, lr 0.0001, 1 epochs, validation 0.2"]
+    assert [r[1] for r in rows] == ["batch 64, lr 0.01, 1 epochs, validation 0.2",  # its per_model
+                                    "batch 64, lr 0.0001, 1 epochs, validation 0.2"]
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "model_budget.py"), "--sweep",
                           "per_model.resnet18.lr"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "must look like key=v1,v2" in bad.stderr, bad.stderr
@@ -452,11 +454,48 @@ def test_suite_time_counts_the_cpu_of_detached_processes_and_keeps_the_exit_code
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     line = out.read_text()
-    assert line == proc.stdout and ": exit 3, wall " in line
+    assert proc.stdout.startswith(line) and ": exit 3, wall " in line
     busy = float(line.split("machine busy ")[1].split()[0])
     wall = float(line.split(", wall ")[1].split()[0])
     assert busy >= 1.4, line  # at least the daemon's 1.5 CPU-s (other work may add to it)
     assert busy <= (wall + 1) * os.cpu_count(), line  # seconds, not clock ticks
+
+
+ACCOUNTED_TESTS = f"""
+import subprocess, sys, time
+
+def test_detached():  # the daemon outlives the test's own process tree
+    subprocess.run([sys.executable, "-c", {DETACHED_BURN.replace("time.sleep(2.5)", "")!r}])
+    time.sleep(2.5)
+
+def test_in_process():
+    end = time.process_time() + 0.7
+    while time.process_time() < end:
+        pass
+
+def test_waited_child():
+    subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.5\\n"
+                    "while time.process_time() < end: pass"], check=True)
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_suite_time_charges_each_test_its_cpu_detached_processes_included(tmp_path, workers):
+    (tmp_path / "test_burn.py").write_text(ACCOUNTED_TESTS)
+    rows = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "suite_time.py"), "--account",
+                           str(rows), "--", sys.executable, "-m", "pytest", "-q", "-p",
+                           "no:cacheprovider", "-p", "no:randomly", *workers, "test_burn.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_test = {r["test"].split("::")[1]: r for r in map(json.loads, rows.read_text().splitlines())}
+    assert set(by_test) == {"test_detached", "test_in_process", "test_waited_child"}
+    detached = by_test["test_detached"]
+    assert 1.4 <= detached["detached_cpu_s"] <= 1.7 and detached["cpu_s"] < 0.5, detached
+    assert 0.65 <= by_test["test_in_process"]["total_cpu_s"] <= 0.9, by_test
+    waited = by_test["test_waited_child"]
+    assert 0.5 <= waited["cpu_s"] <= 1.2 and waited["detached_cpu_s"] == 0, waited
+    assert "test_burn.py::test_detached" in proc.stdout.split("slowest tests")[1].splitlines()[1]
 
 
 def test_stage_imports_times_the_stages_and_the_eager_reference():
@@ -480,8 +519,8 @@ def test_model_budget_refuses_to_measure_nothing():
 
 def test_machine_pin_times_the_pins_against_torchs_defaults_and_their_hashes_agree(tmp_path):
     out = tmp_path / "pin.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--images",
-                           "64", "--repeats", "1", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_pin.py"), "--model",
+                           TINY_MODEL, "--images", "64", "--repeats", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()

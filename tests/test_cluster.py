@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAULT_SEED, ROOT, require_program, tiny_project
+from conftest import FAULT_SEED, ROOT, TINY_MODEL, require_program, tiny_project
 
 from normbench.runs import parse_exp_show, with_cell_records
 
@@ -147,7 +147,7 @@ def test_study_on_slurm_cancel_resubmit_and_nothing_twice(slurm, tmp_path):
         text = log.read_text()
         exp = re.search(r"Reproducing experiment '([^']+)'", text)
         if exp:
-            trained += [(exp.group(1), c) for c in re.findall(r"(resnet18-shapes-\d): final_acc", text)]
+            trained += [(exp.group(1), c) for c in re.findall(rf"({TINY_MODEL}-shapes-\d): final_acc", text)]
     assert len(trained) == len(set(trained)) == 4, trained
 
 

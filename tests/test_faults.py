@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAULT_SEED, git_user, sh
+from conftest import FAULT_SEED, TINY_CELL, TINY_MODEL, git_user, sh, tiny_project
 
 from normbench.timing import TIMINGS
 
 pytestmark = pytest.mark.slow
-CELL = "resnet18-shapes-223"
+CELL = TINY_CELL
 
 
 def env() -> dict:
@@ -121,16 +121,23 @@ def test_a_cell_killed_at_a_seeded_moment_is_trained_once_more_and_nothing_else(
     out = sh(repo, "dvc", "repro")
     ran = re.findall(r"Running stage '([^']+)'", out)
     assert ran.count(f"train@{CELL}") == 1, what + out  # the killed cell, once
-    assert not {"download@shapes", "stats@shapes", "start@resnet18"} & set(ran), what + out
+    assert not {"download@shapes", "stats@shapes", f"start@{TINY_MODEL}"} & set(ran), what + out
     assert_reproduces(repo, reproduced_tiny_project, what)
 
 
-def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
-        reproduced_tiny_project, tmp_path):
-    """The file size limit (`ulimit -f`) stands in for a full disk: the checkpoint (~45 MB) does
-    not fit, the small outputs do."""
+def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(tmp_path):
+    """The file size limit (`ulimit -f`) stands in for a full disk: resnet18's checkpoint (~45 MB)
+    does not fit, the small outputs and DVC's own databases do. (smallcnn's checkpoint, ~103
+    KiB, is no bigger than DVC's hash database, 64-90 KiB: no limit tells them apart.)"""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    tiny_project(reference, "resnet18")
+    sh(reference, "dvc", "repro")
+    sh(reference, "git", "add", "-A")
+    sh(reference, "git", "commit", "-qm", "baseline")
     repo = tmp_path / "repo"
-    sh(tmp_path, "cp", "-a", str(reproduced_tiny_project), str(repo))
+    sh(tmp_path, "cp", "-a", str(reference), str(repo))
+    cell = "resnet18-shapes-223"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["norm"] = "minmax"
@@ -144,7 +151,7 @@ def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
                           preexec_fn=at_most)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert (f"error: cannot write checkpoints/{CELL}.pt: a file reached the size limit of 8.0 MiB "
+    assert (f"error: cannot write checkpoints/{cell}.pt: a file reached the size limit of 8.0 MiB "
             f"(`ulimit -f`)") in out, out
     assert "Traceback" not in out, out
     # DVC records the stages that finished (the check stage reads norm) and nothing of the cell.
@@ -154,14 +161,14 @@ def test_a_full_disk_fails_the_cell_clearly_and_keeps_lock_cache_and_outputs(
     # The previous outputs are usable: back to the committed params and lock, DVC restores them.
     sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
     sh(repo, "dvc", "checkout", "--force")
-    assert_reproduces(repo, reproduced_tiny_project, "after a disk-full failure and a checkout")
+    assert_reproduces(repo, reference, "after a disk-full failure and a checkout")
 
 
 # --- the study on the local queue ---------------------------------------------------------------
 # Two experiments (norm=dataset, norm=minmax) of one cell each, seed 7 (not in the copied
 # run-cache: each trains), one at a time (--jobs 1): while one runs, the other waits queued.
 STUDY = ["--norms", "dataset", "minmax", "--seeds", "7", "--jobs", "1"]
-SEVEN = "resnet18-shapes-7"
+SEVEN = f"{TINY_MODEL}-shapes-7"
 # Moments of the study, as its progress lines show them (a poll every 2 s: a stage shorter than that
 # may never show), each the n-th line that says so: the first experiment's cell started (torch
 # importing, training, writing: ~10 s on 2 cores), its report started (~4 s), the second's cell.

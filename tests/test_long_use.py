@@ -3,7 +3,7 @@ remove -A`, workspace `dvc exp run`, and studies stopped by Ctrl-C or SIGKILL at
 moment. DVC's queue stays listable after every step; at the end a study and `compare` work
 (the latter repairing a queue wedged by hand), and every finished cell is counted once.
 
-Cheap by design: one tiny cell per experiment and seed (resnet18 on 48 shapes, 1 epoch), two
+Cheap by design: one tiny cell per experiment and seed (smallcnn on 48 shapes, 1 epoch), two
 experiments in the sequence, each cell trained once and restored from DVC's run-cache after;
 most studies run through the study's executor alone (`run_local`), without the comparison that
 `make study` writes after it. The sequence repeats with NORMBENCH_FAULT_SEED set to the seed its
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAULT_SEED, ROOT, copy_project, section, sh, table_rows
+from conftest import FAULT_SEED, ROOT, TINY_MODEL, copy_project, section, sh, table_rows
 
 from normbench import dvcqueue
 from normbench.study import plan
@@ -187,7 +187,7 @@ def finished_cells(repo: Path) -> dict[tuple[str, int], set[float]]:
             # The report's record of every cell, in git (not a DVC metric): fractions, unrounded.
             metrics = json.loads(sh(repo, "git", "show", f"{rev['rev']}:report/cells.json"))
             for seed in params["seeds"]:
-                cell = metrics.get(f"resnet18-shapes-{seed}")
+                cell = metrics.get(f"{TINY_MODEL}-shapes-{seed}")
                 if cell:
                     key = (f"norm={params['norm']} weights={params['weights']}", seed)
                     found.setdefault(key, set()).add(cell["final_acc"])

@@ -1,5 +1,10 @@
 """The train stage's CPU pins make a cell the same bytes whatever the cores and vector width, and
-every cell records the kind of machine it ran on."""
+every cell records the kind of machine it ran on.
+
+The cell is smallcnn's: the same kernel families as resnet18's (oneDNN convolutions and their
+backward, BatchNorm, ReLU, max and adaptive pooling, MKL's linear, Adam) at a tenth of the CPU,
+and as sensitive: unpinned, its bytes change with the thread count (bench/machine_pin.py
+--model smallcnn)."""
 
 import hashlib
 import json
@@ -11,19 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_stage
+from conftest import ROOT, TINY_MODEL, run_stage
 
 from normbench.machine import (CPU_THREADS, cpu_flags, cpu_model, details, native_vector_width,
                                pin_cpu, pinned_env, ran_on)
 
-CELL = "resnet18-digits-223"
+CELL = f"{TINY_MODEL}-digits-223"
 OUTPUTS = ("metrics", "plots", "predictions", "checkpoints", "weightdist")
 
 
 def train_args() -> list[str]:
-    return ["--model", "resnet18", "--dataset", "digits", "--seed", "223",
+    return ["--model", TINY_MODEL, "--dataset", "digits", "--seed", "223",
             "--data", "data/digits", "--stats", "data/stats/digits.json",
-            "--start", "starts/resnet18.pt", "--metrics", f"metrics/{CELL}.json",
+            "--start", f"starts/{TINY_MODEL}.pt", "--metrics", f"metrics/{CELL}.json",
             "--live", f"plots/{CELL}", "--predictions", f"predictions/{CELL}.npy",
             "--checkpoint", f"checkpoints/{CELL}.pt", "--weightdist", f"weightdist/{CELL}"]
 
@@ -42,9 +47,10 @@ def project(tmp_path_factory) -> Path:
     write_json(root / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(device="cpu")
-    params["train"].update(epochs=1, batch_size=8, val_fraction=0.34)  # 1 of 3 per class
+    params["train"].update(epochs=1, val_fraction=0.34)  # 1 of 3 per class
+    params["per_model"][TINY_MODEL]["batch_size"] = 4  # 3 steps on the 12 images trained on
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    start = run_stage(root, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
+    start = run_stage(root, "start", "--model", TINY_MODEL, "--out", f"starts/{TINY_MODEL}.pt")
     assert start.returncode == 0, start.stderr
     return root
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import copy_project, section, sh
+from conftest import TINY_CELL, TINY_MODEL, copy_project, section, sh
 
-CELL = "resnet18-shapes-223"
+CELL = TINY_CELL
 TRAIN_OUTPUTS = ("metrics", "plots", "predictions", "checkpoints", "weightdist")
 
 
@@ -45,4 +45,4 @@ def test_compare_after_an_experiment_and_git_checkout_names_what_head_lacks(
     assert named in missing and "minmax" not in missing  # the experiment's files are here
     # ...and the rest is compared: both settings in the tables, the experiment's weights drawn
     assert "norm=minmax weights=scratch" in page and "norm=dataset weights=scratch" in page
-    assert (repo / "compare" / "weights_resnet18-shapes.png").is_file()
+    assert (repo / "compare" / f"weights_{TINY_MODEL}-shapes.png").is_file()

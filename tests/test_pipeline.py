@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 import torch
 import yaml
-from conftest import sh, tiny_project, section, table_rows
+from conftest import TINY_MODEL, sh, tiny_project, section, table_rows
 
 from normbench.dvcqueue import queue_tasks, start_queue
 from normbench.grid import check_grid
@@ -36,9 +36,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """The project with a tiny grid, reproduced and committed."""
+    """The project with a tiny grid on a torchvision model (the user flows end to end: `dvc repro`,
+    `dvc exp run -S`), reproduced and committed."""
     repo = tmp_path_factory.mktemp("normbench")
-    tiny_project(repo)
+    tiny_project(repo, "resnet18")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(epochs=EPOCHS, val_fraction=VAL_FRACTION)
     params["data"]["shapes"]["images_per_class"] = IMAGES_PER_CLASS
@@ -214,7 +215,9 @@ def test_exp_run_metrics_diff_and_run_cache_restore(repo):
 
 
 def test_queue_runs_settings_in_parallel_workers(repo, monkeypatch):
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "norm=instance,none")
+    # The queue's machinery on the small model: two settings of one cell each (3 epochs).
+    sh(repo, "dvc", "exp", "run", "--queue", "-S", "norm=instance,none", "-S",
+       f"models=[{TINY_MODEL}]")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     start_queue(repo, 2)
     deadline = time.monotonic() + 540
@@ -226,7 +229,7 @@ def test_queue_runs_settings_in_parallel_workers(repo, monkeypatch):
     status = sh(repo, "dvc", "queue", "status")
     assert status.count("Success") == 2 and "Failed" not in status, status
     runs = parse_exp_show(with_cell_records(repo, json.loads(sh(repo, "dvc", "exp", "show", "--json"))))
-    done = {r.setting for r in runs if ("resnet18", "shapes", 223) in r.cells}
+    done = {r.setting for r in runs if (TINY_MODEL, "shapes", 223) in r.cells}
     assert {"norm=instance weights=scratch", "norm=none weights=scratch"} <= done
 
 

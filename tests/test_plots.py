@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, copy_project, require_program, sh
+from conftest import ROOT, TINY_CELL, copy_project, require_program, sh
 from PIL import Image
 
 # The Chromium tests stay on one pytest-xdist worker (one module): never two browsers at
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="chromium")]
 BLUE, ORANGE = (0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18)
 # The weight figure of the tiny project's one cell (an image plot of dvc.yaml), and matplotlib's
 # tab:red, the colour of its drift lines: a colour that only the weight figure draws here.
-WEIGHT_FIGURE = "report/weights/resnet18-shapes-223.png"
+WEIGHT_FIGURE = f"report/weights/{TINY_CELL}.png"
 TAB_RED = (0xD6, 0x27, 0x28)
 
 

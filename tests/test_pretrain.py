@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_project, run_stage, sh
+from conftest import TINY_CELL, TINY_MODEL, copy_project, run_stage, sh
 from torch import nn
 
 from normbench.datasets import grating_classes, make_gratings
@@ -120,8 +120,8 @@ def edit(repo, **changes) -> None:
 
 @pytest.mark.slow
 def test_scratch_never_pretrains_and_ignores_pretraining_params(repo):
-    start = torch.load(repo / "starts" / "resnet18.pt", weights_only=False)
-    assert start == {"kind": "scratch", "model": "resnet18"}
+    start = torch.load(repo / "starts" / f"{TINY_MODEL}.pt", weights_only=False)
+    assert start == {"kind": "scratch", "model": TINY_MODEL}
     edit(repo, **{"start.pretrained.seed": 7, "start.pretrained.train.epochs": 3})
     try:
         assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
@@ -135,8 +135,8 @@ def test_pretrain_then_fine_tune_then_report(repo):
     edit(repo, weights="pretrained", norm="pretraining")
     try:
         out = sh(repo, "dvc", "repro")
-        assert "pretraining epoch   1" in out and "Running stage 'train@resnet18-shapes-223'" in out
-        start = torch.load(repo / "starts" / "resnet18.pt", weights_only=False)
+        assert "pretraining epoch   1" in out and f"Running stage 'train@{TINY_CELL}'" in out
+        start = torch.load(repo / "starts" / f"{TINY_MODEL}.pt", weights_only=False)
         assert start["kind"] == "pretrained" and start["source"] == "gratings"
         assert start["classes"] == grating_classes() and start["norm"] == "dataset"
         source = make_gratings(**SMALL)
@@ -149,8 +149,8 @@ def test_pretrain_then_fine_tune_then_report(repo):
         assert start["train"]["val_fraction"] == 0.25
         assert start["metrics"]["val_chance_acc"] == pytest.approx(2 / 18)  # 1 or 2 per class
         assert set(start["versions"]) == {"torch", "torchvision"}
-        assert start["state_dict"]["fc.weight"].shape == (16, 512)
-        ckpt = torch.load(repo / "checkpoints" / "resnet18-shapes-223.pt", weights_only=False)
+        assert start["state_dict"]["fc.weight"].shape == (16, 64)  # 16 gratings, 64 features
+        ckpt = torch.load(repo / "checkpoints" / f"{TINY_CELL}.pt", weights_only=False)
         assert ckpt["start"]["source"] == "gratings" and "state_dict" not in ckpt["start"]
         assert ckpt["norm_applied"] == "pretraining (dataset on gratings)"
         assert ckpt["channel_stats"]["mean"] == start["channel_stats"]["mean"]  # the source's
@@ -160,7 +160,7 @@ def test_pretrain_then_fine_tune_then_report(repo):
         out = sh(repo, "dvc", "repro")
         ran = {line.split("'")[1] for line in out.splitlines()
                if line.startswith("Running stage '")}
-        assert ran == {"start@resnet18", "train@resnet18-shapes-223", "report"}, out
+        assert ran == {f"start@{TINY_MODEL}", f"train@{TINY_CELL}", "report"}, out
     finally:
         sh(repo, "git", "checkout", "params.yaml")
 

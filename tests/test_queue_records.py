@@ -236,7 +236,7 @@ def test_the_kept_count_is_a_whole_number(monkeypatch):
 
 
 # --- the study, as a user runs it ------------------------------------------------------------
-# One cell per experiment (resnet18 on 48 shapes, 1 epoch), seed 223: norm=dataset comes back
+# One cell per experiment (smallcnn on 48 shapes, 1 epoch), seed 223: norm=dataset comes back
 # from the copied run-cache, norm=minmax trains once.
 KEEP = 1  # successful tasks kept: three experiments over two studies are more than KEEP + 1
 

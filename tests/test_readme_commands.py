@@ -5,7 +5,7 @@ reason they are not run. A command added to the README in neither list fails her
 import re
 import shlex
 
-from conftest import ROOT, copy_project, sh
+from conftest import ROOT, TINY_CELL, copy_project, sh
 
 # Run below, in this order, in the tiny project.
 RUN = (
@@ -55,7 +55,7 @@ def test_the_readme_commands_run_as_written(reproduced_tiny_project, tmp_path):
     assert re.search(r"norm\s+dataset\s+minmax", out["dvc params diff baseline minmax"])
     # Only the figures that changed, each a row of the cell in percent (no timings, no p-values).
     rows = [line.split()[1] for line in out["dvc metrics diff baseline minmax"].splitlines()[1:]]
-    assert rows and all(re.fullmatch(r"resnet18-shapes-223\.\w+_pct", r) for r in rows), rows
+    assert rows and all(re.fullmatch(rf"{TINY_CELL}\.\w+_pct", r) for r in rows), rows
     assert "minmax" in out["dvc exp show --only-changed"]
     narrow = out[RUN[5]]
     assert "final_acc_pct" in narrow and "val_acc_pct" not in narrow and "minmax" in narrow

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import git_user, sh, tiny_project
+from conftest import TINY_CELL, git_user, sh, tiny_project
 
 from normbench.timing import TIMINGS
 
-CELL = "resnet18-shapes-223"
+CELL = TINY_CELL
 OUTPUTS = (f"metrics/{CELL}.json", f"predictions/{CELL}.npy", f"checkpoints/{CELL}.pt")
 CACHED = f"Stage 'train@{CELL}' is cached - skipping run, checking out outputs"
 pytestmark = pytest.mark.slow

@@ -5,18 +5,21 @@ import time
 
 import pytest
 import yaml
-from conftest import run_stage
+from conftest import TINY_MODEL, run_stage
 
 CELL = "resnet18-digits-223"
+# The killed cells train the small model: what they check is the stage's files, not the network.
+LONG_CELL = f"{TINY_MODEL}-digits-223"
 
 
-def train_args(tmp_path):
-    return ["--model", "resnet18", "--dataset", "digits", "--seed", "223",
+def train_args(tmp_path, model: str = "resnet18"):
+    cell = f"{model}-digits-223"
+    return ["--model", model, "--dataset", "digits", "--seed", "223",
             "--data", "data/digits", "--stats", "data/stats/digits.json",
-            "--start", "starts/resnet18.pt",
-            "--metrics", f"metrics/{CELL}.json", "--live", f"plots/{CELL}",
-            "--predictions", f"predictions/{CELL}.npy", "--checkpoint", f"checkpoints/{CELL}.pt",
-            "--weightdist", f"weightdist/{CELL}"]
+            "--start", f"starts/{model}.pt",
+            "--metrics", f"metrics/{cell}.json", "--live", f"plots/{cell}",
+            "--predictions", f"predictions/{cell}.npy", "--checkpoint", f"checkpoints/{cell}.pt",
+            "--weightdist", f"weightdist/{cell}"]
 
 
 @pytest.fixture
@@ -127,15 +130,15 @@ def start_a_long_cell(project, tmp_path, epochs: int = 50):
     arrays = make_shapes(40, 0.5, 0)
     save_arrays(arrays, tmp_path / "data" / "digits")
     write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
-    (tmp_path / "plots" / CELL).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "plots" / CELL / "old.tsv").write_text("an earlier run's curve\n")
+    (tmp_path / "plots" / LONG_CELL).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "plots" / LONG_CELL / "old.tsv").write_text("an earlier run's curve\n")
     cwd = project(device="cpu", train={**yaml.safe_load((ROOT / "params.yaml").read_text())[
         "train"], "epochs": epochs, "batch_size": 16})
-    start = run_stage(cwd, "start", "--model", "resnet18", "--out", "starts/resnet18.pt")
+    start = run_stage(cwd, "start", "--model", TINY_MODEL, "--out", f"starts/{TINY_MODEL}.pt")
     assert start.returncode == 0, start.stderr  # scratch: the start file, nothing trained
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "train.py"),
-                             *train_args(tmp_path)], cwd=cwd, stdout=subprocess.PIPE,
+                             *train_args(tmp_path, TINY_MODEL)], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if "epoch   1" in line:  # training, with its temporary folders in place
@@ -148,7 +151,7 @@ def test_train_killed_with_sigterm_leaves_the_tracked_folders_as_they_were(proje
     import signal
 
     proc, before = start_a_long_cell(project, tmp_path)
-    assert list((tmp_path / "plots").glob(f".{CELL}.*")), "the cell should be writing by now"
+    assert list((tmp_path / "plots").glob(f".{LONG_CELL}.*")), "the cell should be writing by now"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -170,11 +173,11 @@ def test_a_cell_killed_outright_leaves_its_partial_outputs_where_no_stage_looks(
     outside = lambda: {p: p.read_bytes() for p in tmp_path.rglob("*")  # noqa: E731
                        if p.is_file() and ".dvc" not in p.relative_to(tmp_path).parts}
     assert outside() == {p: b for p, b in before.items() if ".dvc" not in p.parts}
-    assert [p.name for p in (tmp_path / PARTIAL_DIR).iterdir() if CELL in p.name], \
+    assert [p.name for p in (tmp_path / PARTIAL_DIR).iterdir() if LONG_CELL in p.name], \
         "the killed cell's partial outputs should be in DVC's temp folder"
     again = run_stage(project(device="cpu", train={**yaml.safe_load(
         (tmp_path / "params.yaml").read_text())["train"], "epochs": 1}), "train",
-        *train_args(tmp_path))
+        *train_args(tmp_path, TINY_MODEL))
     assert again.returncode == 0, again.stderr
     assert list((tmp_path / PARTIAL_DIR).iterdir()) == []  # the rerun removed the leftovers
-    assert json.loads((tmp_path / "metrics" / f"{CELL}.json").read_text())["epochs"] == 1
+    assert json.loads((tmp_path / "metrics" / f"{LONG_CELL}.json").read_text())["epochs"] == 1

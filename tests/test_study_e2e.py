@@ -62,7 +62,7 @@ def cell_metrics(repo: Path) -> dict[str, dict[int, dict]]:
 def test_study_resumes_reports_failures_and_compares(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    tiny_project(repo)
+    tiny_project(repo, "resnet18")  # `make study` end to end on a torchvision model
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["shapes"]["images_per_class"] = IMAGES_PER_CLASS
     params["train"]["val_fraction"] = 0.1  # 48 of the 480 train images held out
