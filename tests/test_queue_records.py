@@ -198,6 +198,17 @@ def test_the_queue_reader_repairs_too(toy):
     assert not (toy.repo / dvcqueue.LOGS_DIR / rev).exists()  # the rest of its folder, too
 
 
+def test_the_prune_repairs_too(toy):
+    # A record lost between the study's last poll and its prune: the study still ends well.
+    toy.queue("e1", 1)
+    toy.start()
+    toy.wait_for("done", lambda: toy.status() == {"e1": "Success"})
+    rev = toy.revs()["e1"]
+    (toy.repo / dvcqueue.LOGS_DIR / rev / f"{rev}.run").unlink()
+    assert dvcqueue.prune_logs(toy.repo, keep=5) == []  # nothing past the kept count...
+    assert toy.dvc("queue", "status").returncode == 0  # ...and the wedge repaired
+
+
 CTRL_C_DURING_START = """
 import signal, sys
 from pathlib import Path

@@ -142,3 +142,22 @@ def test_cells_are_timed_from_the_logs_and_the_time_left_is_the_mean_shared_by_t
     eta.end("b")  # every cell done, whatever the logs showed
     assert eta.cells_done() == 8 and eta.seconds_left(1) == 0.0
     assert eta.line(1) == "cells: 8 done / 0 to do (mean 3.3 min a cell over 2 trained)"
+
+
+def test_a_failed_experiments_cells_to_do_leave_the_count_and_the_time_left():
+    from normbench.eta import Eta
+
+    now = [0.0]
+    eta = Eta({"a": 2, "b": 3}, clock=lambda: now[0])
+    eta.observe("a", "c1", [])
+    eta.observe("b", "c1", [])
+    now[0] = 60.0
+    eta.observe("a", "c2", ["c1"])
+    eta.observe("b", "c2", ["c1"])
+    eta.stop("b")  # failed while training c2: c1 stays done, c2 and c3 will not train now
+    assert eta.cells_done() == 2 and eta.total == 3
+    now[0] = 120.0
+    eta.observe("a", None, ["c1", "c2"])
+    eta.end("a")
+    assert eta.seconds_left(1) == 0.0
+    assert eta.line(1).startswith("cells: 3 done / 0 to do")

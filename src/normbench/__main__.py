@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from normbench.io import run_main
+
 # command -> (module, what it does); the make target that runs it is in brackets.
 COMMANDS = {
     "compare": ("compare", "tables and verdicts across HEAD's experiments [make compare]"),
@@ -37,7 +39,9 @@ def main(argv: list[str]) -> int:
     module = COMMANDS[argv[0]][0]
     # Each main() parses sys.argv[1:]; argv[0] becomes its usage line's name for the command.
     sys.argv = [f"python -m normbench {argv[0]}", *argv[1:]]
-    importlib.import_module(f"normbench.{module}").main()
+    # As `python -m normbench.<module>` runs it: a known failure is one line naming the fix,
+    # and SIGTERM cleans up (io.run_main).
+    run_main(importlib.import_module(f"normbench.{module}").main)
     return 0
 
 

@@ -219,7 +219,13 @@ class Watch:
             return
         finished = 0
         for name, task in self.tasks.items():
-            if name in self.eta.ended or task.status not in ("Running", "Success"):
+            if name in self.eta.ended:
+                continue
+            if task.status not in ("Queued", "Running", "Success") or self.is_lost(name):
+                self.eta.stop(name)  # failed or lost: its cells to do will not train now
+                finished += 1
+                continue
+            if task.status == "Queued":
                 continue
             if task.log and task.log.is_file():
                 running, cells = train_cells(task.log.read_text(errors="replace"),
@@ -370,12 +376,18 @@ def prune_logs(repo: Path, keep: int | None = None) -> list[str]:
     every experiment: it is a git ref, which the queue does not hold. `dvc queue logs` works for
     every task left.
     """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     keep = keep_logs() if keep is None else keep
     with Repo(str(repo)) as dvc_repo:
         queue = dvc_repo.experiments.celery_queue
-        done = [d.entry.stash_rev for d in queue.iter_success()]  # DVC's "Success": a ref made
+        try:
+            done = [d.entry.stash_rev for d in queue.iter_success()]  # "Success": a ref made
+        except DvcException as e:  # a task without its record: repair, then list again
+            if not INVALID_TASK.search(str(e)) or not _repair(queue):
+                raise
+            done = [d.entry.stash_rev for d in queue.iter_success()]
         done.sort(key=lambda rev: _ended_at(queue, rev), reverse=True)
         return _take_off(queue, set(done[keep:]))
 

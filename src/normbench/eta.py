@@ -46,6 +46,14 @@ class Eta:
         """Every cell of ``experiment`` is done (done before the study, or it succeeded)."""
         self.ended.add(experiment)
 
+    def stop(self, experiment: str) -> None:
+        """``experiment`` failed or was lost: the cells it finished stay done, the others leave
+        this study's count (nothing will train them now) and the time left."""
+        finished = sum(1 for exp, _ in self.done if exp == experiment)
+        self.cells[experiment] = finished
+        self.started = {k: t for k, t in self.started.items() if k[0] != experiment}
+        self.ended.add(experiment)
+
     def cells_done(self) -> int:
         seen = sum(1 for exp, _ in self.done if exp not in self.ended)
         return sum(self.cells[e] for e in self.ended) + seen

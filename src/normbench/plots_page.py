@@ -38,6 +38,7 @@ __BUNDLE__
     <style>
         body { font-family: sans-serif; margin: 16px; }
         table { border-spacing: 15px; }
+        img { max-width: 100%; height: auto; }  /* weight figures (1870 px) fit the window */
     </style>
 </head>
 <body>
