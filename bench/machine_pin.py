@@ -102,6 +102,31 @@ def run(mode: str, args: argparse.Namespace, cores: list[int] | None = None,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class Runs:
+    """Every worker run of this script by its configuration: a hash is read from a run that
+    already happened where the configuration is the same (each worker is a fresh process, 2 to 4
+    CPU-s), while every timed run is a run of its own."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.done = args, {}
+
+    def timed(self, mode: str, cores: list[int], env: dict[str, str]) -> dict:
+        got = run(mode, self.args, cores, env)
+        self.done.setdefault(self.key(mode, cores, env, None), got)
+        return got
+
+    def hashed(self, mode: str, cores: list[int], env: dict[str, str],
+               threads: int | None = None) -> dict:
+        key = self.key(mode, cores, env, threads)
+        if key not in self.done:
+            self.done[key] = run(mode, self.args, cores, env, threads)
+        return self.done[key]
+
+    @staticmethod
+    def key(mode: str, cores: list[int], env: dict[str, str], threads: int | None) -> tuple:
+        return mode, tuple(cores), tuple(sorted(env.items())), threads
+
+
 def runs_text(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
@@ -127,12 +152,13 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     core_sets = list(dict.fromkeys([tuple(cores), tuple(cores[:1])]))  # all, then one
     speeds: dict[tuple[tuple, str], list[float]] = {}
+    runs = Runs(args)
     for use in core_sets:
         # On one core the thread count is the same: the pins' parts are timed apart there.
         configs = CONFIGS if len(use) == 1 else {k: CONFIGS[k] for k in ("reference", "pinned")}
         for i in range(args.repeats):  # alternating: a change in the machine's load hits all
             for label, (mode, env) in configs.items():
-                got = run(mode, args, list(use), env)["images_per_s"]
+                got = runs.timed(mode, list(use), env)["images_per_s"]
                 speeds.setdefault((use, label), []).append(got)
                 print(f"{len(use)} core(s), repeat {i + 1}: {label} {got:.1f} img/s", flush=True)
     load_after = os.getloadavg()[0]
@@ -144,7 +170,7 @@ def main() -> None:
     rows = []
     for label, env in caps.items():
         for use in core_sets:
-            got = run("pinned", args, list(use), env)
+            got = runs.hashed("pinned", list(use), env)
             rows.append(f"| pinned | {len(use)} | {label} | {got['ran_on'].split(', ', 2)[2]}"
                         f" | `{got['hash']}` |")
             print(rows[-1], flush=True)
@@ -158,8 +184,8 @@ def main() -> None:
             if value in ("avx512", "AVX512_CORE") and native != "avx512":
                 continue  # ATen would run instructions this CPU lacks
             env = {} if value is None or threads else {variable: value}
-            got = run("reference", args, cores if threads else cores[:1], env,
-                      int(value) if threads else None)
+            got = runs.hashed("reference", cores if threads else cores[:1], env,
+                              int(value) if threads else None)
             setting = f"`{variable}({value})`" if threads else (
                 f"`{variable}={value}`" if value else "unset")
             singles.append((what, setting, got["hash"]))

@@ -21,6 +21,11 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
         1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
+# DVC starts a detached analytics process after each command run where its config does not turn
+# analytics off (`dvc init`, the first commands in a new test repository): 68 processes and ~25
+# CPU-s a suite, measured, and each would try the network the tests do not have.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
 # A cell that compiles saves its graphs in the compile cache (normbench.compile_cache): the tests'
 # go to a folder of this run, not the checkout's .compile-cache/. A caller's own folder is kept
 # (bench/gpu_session.py shares its cache with `pytest -m gpu`).

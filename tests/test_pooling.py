@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from normbench.models import MatmulAdaptiveAvgPool2d, build_model, pooling_matrix
+from normbench.models import build_model
+from normbench.nets import MatmulAdaptiveAvgPool2d, pooling_matrix
 
 sizes = st.integers(1, 16)
 outputs = st.integers(1, 8)

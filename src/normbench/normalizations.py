@@ -16,11 +16,12 @@ exactly the numbers they get at test time, where there is no border.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from normbench.registry import Registry
+
+if TYPE_CHECKING:  # imported where a batch is normalized: the stages that only read the
+    import torch   # registry (check, stats, report) start without it, seconds of CPU each
 
 # ImageNet-1k train statistics in [0, 1] units, as torchvision's pretrained weights expect them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +33,7 @@ INSTANCE_EPS = 1e-5
 # The smallest range min-max divides by (one grey level, in [0, 1] units): a flat image maps to 0.
 MINMAX_MIN_SPAN = 1.0 / 255.0
 
-Affine = tuple[torch.Tensor, torch.Tensor]  # (shift, scale), each broadcast over N x C x H x W
+Affine = tuple["torch.Tensor", "torch.Tensor"]  # (shift, scale), each broadcast over N x C x H x W
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def constant_fit(u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Affi
 
 def instance_fit(u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Affine:
     """Each image, each channel to mean 0 and std 1 over its own pixels (population std)."""
+    import torch
+
     var, mu = torch.var_mean(u, dim=(2, 3), correction=0, keepdim=True)
     return mu, (var + INSTANCE_EPS).sqrt()
 
@@ -109,6 +112,8 @@ class Normalizer:
     """
 
     def __init__(self, norm: Norm, stats: ChannelStats, device: torch.device | str = "cpu"):
+        import torch
+
         bound = norm.bind(stats)
         self.fit = norm.fit
         self.mean = torch.tensor(bound.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)

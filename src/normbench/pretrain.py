@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from normbench.config import SpeedConfig, TrainConfig, check_block, check_type
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm
 from normbench.registry import ConfigError
+
+if TYPE_CHECKING:  # imported where a start is made or used: checking one needs no torch
+    import torch
+    from torch import nn
 
 # "As the weights were pretrained": resolved from the start file (see ``resolve_norm``).
 PRETRAINING = "pretraining"
@@ -106,7 +106,10 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
     ``per_model`` (params.yaml's) overrides the pretraining's train keys for this model, as it
     does a cell's: a model's own budget applies to both.
     """
+    import torch
+
     from normbench.datasets import build_dataset
+    from normbench.machine import torchvision_version
     from normbench.models import build_model
     from normbench.stats import channel_stats
     from normbench.train import seed_everything, train_cell
@@ -123,7 +126,7 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
         "source": cfg.source, "source_data": cfg.data, "classes": arrays.classes,
         "norm": cfg.norm, "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
         "seed": cfg.seed, "train": dataclasses.asdict(train), "metrics": result.metrics(),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+        "versions": {"torch": torch.__version__, "torchvision": torchvision_version()},
     }
 
 
@@ -178,6 +181,8 @@ def resolve_norm(name: str, start: dict, target: ChannelStats) -> tuple[Norm, Ch
 
 def load_start(path: str, model: str) -> dict:
     """A start file written by the start stage, checked to belong to ``model``."""
+    import torch
+
     try:
         start = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as e:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.stats
-from torch import nn
 
 from normbench.registry import ConfigError
+
+if TYPE_CHECKING:  # the report reads these records without torch (seconds of CPU)
+    from torch import nn
 
 ROLES = ("first_conv", "deep_conv")  # the same column names for every model
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)

@@ -3,6 +3,9 @@
 torchvision names each weights file after the first hex digits of its SHA-256 (for example
 ``resnet18-f37072fd.pth``) but checks that hash only while downloading. normbench checks it every
 time a file is used, so a truncated or corrupted file in the cache is reported, not loaded.
+
+torch and torchvision are imported by the functions that use them: checking a mirror needs
+neither (seconds of CPU in every stage that only checks).
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING, Any
 
 from normbench.registry import ConfigError
+
+if TYPE_CHECKING:
+    import torchvision
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.")  # the file-name convention of torch.hub
 
@@ -26,6 +29,8 @@ def weights_entry(model: str, version: Any) -> torchvision.models.WeightsEnum:
     Only classification weights qualify: vgg16's IMAGENET1K_FEATURES has an untrained classifier
     and expects 0-255 inputs.
     """
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(model)
     except ValueError:  # not a torchvision architecture (models.SmallCNN)
@@ -41,6 +46,8 @@ def weights_entry(model: str, version: Any) -> torchvision.models.WeightsEnum:
 
 def cache_path(entry: torchvision.models.WeightsEnum) -> Path:
     """Where torchvision's loader looks for the file: $TORCH_HOME/hub/checkpoints/<name>."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints" / entry.url.rsplit("/", 1)[-1]
 
 
@@ -83,6 +90,8 @@ def download_url(entry: torchvision.models.WeightsEnum, mirror: str | None) -> s
 
 def fetch(entry: torchvision.models.WeightsEnum, mirror: str | None = None) -> Path:
     """Make sure the verified file is in the cache; download it there if it is missing."""
+    import torch
+
     path = cache_path(entry)
     prefix = expected_sha256_prefix(entry)
     if not path.is_file():
