@@ -215,7 +215,8 @@ def main() -> None:
         f"Pinned runs: {len(pinned_hashes)} distinct hash(es) "
         f"({'identical' if len(pinned_hashes) == 1 else 'NOT identical'}).", "",
         "Torch's defaults with one variable set at a time (one core, except for the threads: "
-        "all cores):", "",
+        "all cores). Each configuration runs once: a row whose configuration already ran in "
+        "this script (a timed run above) shows that run's hash.", "",
         "| what | setting | hash | distinct results of this what |", "|---|---|---|---|",
         *(f"| {what} | {setting} | `{digest}` | {distinct[what]} |"
           for what, setting, digest in singles), ""]

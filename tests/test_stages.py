@@ -183,40 +183,53 @@ def test_a_cell_killed_outright_leaves_its_partial_outputs_where_no_stage_looks(
     assert json.loads((tmp_path / "metrics" / f"{LONG_CELL}.json").read_text())["epochs"] == 1
 
 
+# Run by test_the_stages_start_light in a fresh interpreter: argv is the checkout's root. Prints
+# which of torch and torchvision are imported after each step.
+LIGHT_START = """
+import importlib.util, runpy, shutil, sys, tempfile
+from pathlib import Path
+root = Path(sys.argv[1])
+sys.path.insert(0, str(root / "src"))
+
+def imported():
+    return " ".join(m for m in ("torch", "torchvision") if m in sys.modules)
+
+for stage in ("check", "download", "stats", "report"):
+    spec = importlib.util.spec_from_file_location(stage, root / "stages" / f"{stage}.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+import normbench.study, normbench.compare, normbench.__main__
+print("imported:", imported())
+project = Path(tempfile.mkdtemp())
+shutil.copy(root / "params.yaml", project)
+sys.argv = ["check.py", str(project / "valid_names.json")]
+import os; os.chdir(project)
+runpy.run_path(str(root / "stages" / "check.py"), run_name="__main__")
+print("checked:", imported())
+from normbench.machine import torchvision_version
+from normbench.models import build_model
+build_model("smallcnn", 3)
+version = torchvision_version()
+print("built smallcnn:", imported())
+import torchvision
+print("version:", version == torchvision.__version__, version)
+"""
+
+
 def test_the_stages_start_light():
     """check, download, stats and report (and a study's and compare's commands) read registries
-    and records, never a tensor: importing torch would cost each of them about 2.5 CPU-s, more
-    than a check's own work, in every `dvc repro` and every test. The train stage needs torch
-    but not torchvision to build smallcnn: its import (1.5 CPU-s more) waits for a torchvision
+    and records, never a tensor: importing torch would cost each of them about 2 CPU-s, more
+    than a check's own work, in every `dvc repro` and every test. A train cell needs torch but
+    not torchvision to build smallcnn: that import (1.5 CPU-s more) waits for a torchvision
     model, and the version a cell records is still torchvision's own, local part included."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    code = ("import importlib.util, sys\n"
-            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
-            "def load(stage):\n"
-            f"    spec = importlib.util.spec_from_file_location(stage, {str(ROOT / 'stages')!r}"
-            " + f'/{stage}.py')\n"
-            "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-            "def imported():\n"
-            "    return [m for m in ('torch', 'torchvision') if m in sys.modules]\n"
-            "for stage in ('check', 'download', 'stats', 'report'):\n"
-            "    load(stage)\n"
-            "import normbench.study, normbench.compare, normbench.__main__\n"
-            "print('light', *imported())\n"
-            "load('train')\n"
-            "from normbench.machine import torchvision_version\n"
-            "from normbench.models import build_model\n"
-            "build_model('smallcnn', 3)\n"
-            "version = torchvision_version()\n"
-            "print('train', *imported())\n"
-            "import torchvision\n"
-            "print('version', version == torchvision.__version__, version)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", LIGHT_START, str(ROOT)], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[:2] == ["light", "train torch"], proc.stdout
-    assert lines[2].startswith("version True "), proc.stdout
+    assert lines[0] == "imported: " and lines[1].startswith("grid ok: "), proc.stdout
+    assert lines[2:4] == ["checked: ", "built smallcnn: torch"], proc.stdout
+    assert lines[4].startswith("version: True "), proc.stdout

@@ -100,7 +100,7 @@ def torchvision_version() -> str:
     spec = importlib.util.find_spec("torchvision")
     try:
         text = (Path(spec.origin).parent / "version.py").read_text()
-        return re.search(r"^__version__ = ['\"]([^'\"]+)['\"]$", text, re.M).group(1)
+        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M).group(1)
     except (OSError, AttributeError, TypeError):  # no file, no line, no package origin
         import torchvision
 
@@ -112,7 +112,8 @@ def ran_on(device) -> str:
 
     torch and torchvision versions, then the GPU's name, or on a CPU its architecture, the
     vector width its kernels ran at and the thread count: the same string on every machine that
-    gives the same bytes, e.g. "torch 2.14.1+cu130, torchvision 0.29.1, cpu x86_64 avx2 1 thread".
+    gives the same bytes, e.g. "torch 2.14.1+cu130, torchvision 0.29.1+cu130, cpu x86_64 avx2 1
+    thread".
     The CPU's model name is left out (it goes with the timings, :func:`details`): the pins make
     it irrelevant, and a metrics file must be the same bytes wherever the results are.
     """

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Callable
 
 from normbench.registry import Registry
 
-if TYPE_CHECKING:  # imported where a batch is normalized: the stages that only read the
-    import torch   # registry (check, stats, report) start without it, seconds of CPU each
+# torch is imported where a batch is normalized: the stages that only read the registry (check,
+# stats, report) start without it (importing it costs about 2 CPU-s a process).
+if TYPE_CHECKING:
+    import torch
 
 # ImageNet-1k train statistics in [0, 1] units, as torchvision's pretrained weights expect them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from normbench.config import SpeedConfig, TrainConfig, check_block, check_type
+from normbench.datasets import DATASETS, build_dataset
 from normbench.normalizations import NORMALIZATIONS, ChannelStats, Norm
 from normbench.registry import ConfigError
 
@@ -58,8 +59,6 @@ class PretrainConfig:
 
     @classmethod
     def from_params(cls, block: Any) -> "PretrainConfig":
-        from normbench.datasets import DATASETS  # datasets imports torchvision's loaders
-
         raw = check_block(block, {"source": str, "data": dict, "norm": str, "seed": int,
                                   "train": dict}, "start.pretrained")
         source = DATASETS.check(raw["source"])
@@ -108,7 +107,6 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
     """
     import torch
 
-    from normbench.datasets import build_dataset
     from normbench.machine import torchvision_version
     from normbench.models import build_model
     from normbench.stats import channel_stats

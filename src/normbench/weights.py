@@ -33,7 +33,7 @@ def weights_entry(model: str, version: Any) -> torchvision.models.WeightsEnum:
 
     try:
         enum = torchvision.models.get_model_weights(model)
-    except ValueError:  # not a torchvision architecture (models.SmallCNN)
+    except ValueError:  # not a torchvision architecture (nets.SmallCNN)
         raise ConfigError(f"{model} has no ImageNet weights (only torchvision's models do); "
                           "use weights: scratch or pretrained, or another model") from None
     valid = [w.name for w in enum if w.meta.get("categories")]
