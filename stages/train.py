@@ -7,12 +7,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
 
-from normbench.machine import details, pin_cpu, torchvision_version  # noqa: E402
+from normbench.machine import details, pin_cpu  # noqa: E402
 
 pin_cpu()  # before torch starts: threads, vector width, MKL branch (normbench.machine)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 from dvclive import Live  # noqa: E402
 
 from normbench.arrays import load_arrays  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> None:
             "classes": arrays.classes,
             "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
             "train": dataclasses.asdict(cfg), "speed": result.speed, "metrics": metrics,
-            "versions": {"torch": torch.__version__, "torchvision": torchvision_version()},
+            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
         }, tmp)
     write_json(args.metrics, metrics)  # metrics exist only for a finished cell
     timing = result.timing()

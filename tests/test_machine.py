@@ -123,24 +123,3 @@ def test_ran_on_is_the_kind_of_machine_and_details_the_machine():
         assert cpu_model() not in ran_on(device)
     assert details(device)["cpu"] == cpu_model()
 
-
-def test_torchvision_version_is_read_from_the_installed_file(tmp_path, monkeypatch):
-    """What a cell records as torchvision's version comes from the package's version.py, local
-    part included, without importing the package; a file without the line falls back to the
-    import."""
-    import importlib
-    import sys
-
-    from normbench.machine import torchvision_version
-
-    package = tmp_path / "torchvision"
-    package.mkdir()
-    (package / "__init__.py").write_text("raise ImportError('the package was imported')\n")
-    (package / "version.py").write_text("__version__ = '9.8.7+fake'\ngit_version = 'abc'\n")
-    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    assert torchvision_version() == "9.8.7+fake"
-    (package / "version.py").write_text("version = 'unknown'\n")
-    with pytest.raises(ImportError, match="the package was imported"):
-        torchvision_version()

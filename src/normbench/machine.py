@@ -19,10 +19,8 @@ part of a stage's hash, and placement must not retrain anything.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -90,23 +88,6 @@ def pin_cpu() -> None:
     os.environ.update(pinned_env(cpu_flags()))
 
 
-def torchvision_version() -> str:
-    """``torchvision.__version__`` (with its local part, e.g. 0.29.1+cu130), read from the
-    installed package's version.py without importing it: the import costs about 1.5 CPU-s (its
-    ops import torch._dynamo), more than a smallcnn cell trains. Imported after all where that
-    file lacks the line."""
-    if "torchvision" in sys.modules:
-        return sys.modules["torchvision"].__version__
-    spec = importlib.util.find_spec("torchvision")
-    try:
-        text = (Path(spec.origin).parent / "version.py").read_text()
-        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M).group(1)
-    except (OSError, AttributeError, TypeError):  # no file, no line, no package origin
-        import torchvision
-
-        return torchvision.__version__
-
-
 def ran_on(device) -> str:
     """What decides a run's numbers besides its inputs: the *kind* of machine, hashed with them.
 
@@ -118,8 +99,9 @@ def ran_on(device) -> str:
     it irrelevant, and a metrics file must be the same bytes wherever the results are.
     """
     import torch
+    import torchvision
 
-    versions = f"torch {torch.__version__}, torchvision {torchvision_version()}"
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     if device.type == "cuda":
         return f"{versions}, cuda {torch.cuda.get_device_name(device)}"
     threads = torch.get_num_threads()

@@ -106,8 +106,8 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
     does a cell's: a model's own budget applies to both.
     """
     import torch
+    import torchvision
 
-    from normbench.machine import torchvision_version
     from normbench.models import build_model
     from normbench.stats import channel_stats
     from normbench.train import seed_everything, train_cell
@@ -124,7 +124,7 @@ def pretrain(model_name: str, cfg: PretrainConfig, device: torch.device,
         "source": cfg.source, "source_data": cfg.data, "classes": arrays.classes,
         "norm": cfg.norm, "channel_stats": {"mean": list(stats.mean), "std": list(stats.std)},
         "seed": cfg.seed, "train": dataclasses.asdict(train), "metrics": result.metrics(),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision_version()},
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
 
 
