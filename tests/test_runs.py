@@ -504,3 +504,16 @@ def test_the_workspace_run_keeps_its_cells_from_its_records_on_disk(tmp_path):
     assert cells == {("resnet18", "digits", 1): {"best_acc": 0.9, "final_acc": 0.875,
                                                   "final_loss": 0.3}}
 
+
+def test_a_task_listed_as_running_without_its_workspace_gets_a_fix(tmp_path, monkeypatch):
+    """A workspace gone for good (a worker killed as its task ended): after the wait, the error
+    names the task whose record holds that workspace, and the command that lets it go."""
+    from normbench import runs
+
+    record = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "4f2a9c1e77" / "4f2a9c1e77.run"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"root_dir": "/r/.dvc/tmp/exps/tmpblqvbpow", "status": 2}))
+    fake_dvc(tmp_path, monkeypatch, fails=99, error=GONE_WORKSPACE)
+    with pytest.raises(ConfigError, match=r"without its workspace /r/\.dvc/tmp/exps/tmpblqvbpow"
+                       r".*`dvc queue kill 4f2a9c1` lets the task go"):
+        runs.exp_show(tmp_path, wait_s=1)

@@ -131,7 +131,7 @@ def parse_exp_show(entries: list[dict]) -> list[Run]:
 
 
 # pragma: no mutate start (I/O: runs dvc; `make mutation` covers parsing and selection)
-EXP_SHOW_WAIT_S = 30.0  # how long a queue task may lack a readable record before it is an error
+EXP_SHOW_WAIT_S = 30.0  # how long a queue task may lack a readable record (or a workspace)
 
 
 def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT_S) -> list[dict]:
@@ -148,7 +148,7 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
     from normbench.dvcqueue import INVALID_TASK, repair
 
     cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
-    deadline = time.monotonic() + wait_s
+    deadline = None  # from the first failure: `exp show --all-commits` alone can take 40 s
     while True:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
         if proc.returncode == 0:
@@ -157,10 +157,12 @@ def exp_show(repo: Path, all_commits: bool = True, wait_s: float = EXP_SHOW_WAIT
             continue  # a task that had ended without its record: off the queue now
         unreadable = _unreadable_task_record(proc.stderr)
         # Nothing to repair: a task taken off the queue between two reads of DVC's, for a moment.
-        passing = (unreadable or INVALID_TASK.search(proc.stderr)
-                   or _GONE_WORKSPACE.search(proc.stderr))
+        gone = _GONE_WORKSPACE.search(proc.stderr)
+        passing = unreadable or gone or INVALID_TASK.search(proc.stderr)
+        deadline = deadline or time.monotonic() + wait_s
         if not passing or time.monotonic() >= deadline:
-            hint = _orphaned_task_hint(proc.stderr, wait_s) if unreadable else ""
+            hint = (_orphaned_task_hint(proc.stderr, wait_s) if unreadable
+                    else _gone_workspace_hint(repo, gone.group(1), wait_s) if gone else "")
             raise ConfigError(f"`dvc exp show` failed in {repo}: {proc.stderr.strip()}{hint}")
         time.sleep(1)
 
@@ -235,7 +237,7 @@ _MISSING = "No such file or directory"  # DVC's words for a task record that is 
 _HALF_WRITTEN = "JSON file structure is corrupted"  # ...and for one cut short
 # A task's temporary workspace removed as the task ends, between DVC's listing of the active tasks
 # and its reading of them (seen in test_faults: a study started again as a task ended).
-_GONE_WORKSPACE = re.compile(r"directory '[^']*\.dvc/tmp/exps/tmp[^']*' does not exist")
+_GONE_WORKSPACE = re.compile(r"directory '([^']*\.dvc/tmp/exps/tmp[^'/]*)/[^']*' does not exist")
 
 
 def _unreadable_task_record(stderr: str) -> bool:
@@ -257,6 +259,25 @@ def _orphaned_task_hint(stderr: str, wait_s: float) -> str:
                 "then run the same command again.")
     return (f"\nqueue task {rev} has had no record for {wait_s:.0f} s: its worker probably died "
             f"before writing it. `{kill}` lets the task go; then run the same command again.")
+
+
+def _gone_workspace_hint(repo: Path, workspace: str, wait_s: float) -> str:
+    """The fix for a task DVC still lists as running whose temporary workspace is gone for good
+    (its worker killed as it ended, or the folder deleted by hand): the task's record names the
+    workspace, and `dvc queue kill` marks a task that no live worker runs as failed."""
+    records = sorted((repo / ".dvc" / "tmp" / "exps" / "run").glob("*/*.run"))
+    revs = [r.parent.name[:7] for r in records if _record_root(r) == workspace]
+    kill = f"dvc queue kill {revs[0]}" if revs else "dvc queue kill <task> (`dvc queue status`)"
+    return (f"\na queue task has been listed as running for {wait_s:.0f} s without its workspace "
+            f"{workspace}: its worker probably died as it ended. `{kill}` lets the task go; then "
+            "run the same command again.")
+
+
+def _record_root(record: Path) -> str | None:
+    try:
+        return json.loads(record.read_text()).get("root_dir")
+    except (OSError, ValueError):
+        return None
 
 
 # pragma: no mutate end
