@@ -11,14 +11,13 @@ from normbench.machine import details, pin_cpu  # noqa: E402
 
 pin_cpu()  # before torch starts: threads, vector width, MKL branch (normbench.machine)
 
+# Only what checks the inputs is imported up here; torch, dvclive and the training loop (about
+# 2.5 CPU-s of imports) wait in main() until every input has passed.
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from dvclive import Live  # noqa: E402
 
 from normbench.arrays import load_arrays  # noqa: E402
-from normbench.config import (SpeedConfig, TrainConfig, load_params, require,  # noqa: E402
-                              resolve_device)
+from normbench.config import (SpeedConfig, TrainConfig, check_device, load_params,  # noqa: E402
+                              require, resolve_device)
 from normbench.datasets import DATASETS  # noqa: E402
 from normbench.grid import cell_name  # noqa: E402
 from normbench.io import atomic_path, read_json, run_main, write_json  # noqa: E402
@@ -27,8 +26,6 @@ from normbench.pretrain import build_from_start, check_norm, load_start, resolve
 from normbench.registry import ConfigError  # noqa: E402
 from normbench.stats import read_channel_stats  # noqa: E402
 from normbench.timing import write_timing  # noqa: E402
-from normbench.train import seed_everything, train_cell  # noqa: E402
-from normbench.weightdist import WeightRecorder  # noqa: E402
 from normbench.weights import check_mirror  # noqa: E402
 
 
@@ -48,7 +45,8 @@ def main() -> None:
                     help="output: watched layers' weight distributions per epoch")
     args = ap.parse_args()
 
-    # Check every input before any work, so a typo costs seconds, not a training run.
+    # Check every input before any work, and all but the device and the start file before torch
+    # starts: a typo costs a fraction of a second, not a training run.
     params = load_params()
     model_name, dataset = MODELS.check(args.model), DATASETS.check(args.dataset)
     norm_name = check_norm(require(params, "norm"))
@@ -56,16 +54,25 @@ def main() -> None:
     mirror = check_mirror(require(params, "weights_mirror"))
     cfg = TrainConfig.from_params(require(params, "train")).for_model(
         require(params, "per_model"), model_name)
-    device = resolve_device(require(params, "device"))
-    speed = SpeedConfig.from_params(require(params, "speed")).resolve(device)
+    device_name = check_device(require(params, "device"))
+    speed_params = SpeedConfig.from_params(require(params, "speed"))
     arrays = load_arrays(args.data)
     stats_record = read_json(args.stats, "dataset statistics",
                              f"run `dvc repro stats@{dataset}` to rebuild them")
+    device = resolve_device(device_name)  # torch starts here
+    speed = speed_params.resolve(device)
     start = load_start(args.start, model_name)
     if start["kind"] != weights:
         raise ConfigError(f"{args.start} holds {start['kind']} weights but weights is {weights}; "
                           f"run `dvc repro start@{model_name}`")
     norm, stats, norm_text = resolve_norm(norm_name, start, read_channel_stats(stats_record))
+
+    import torch
+    import torchvision
+    from dvclive import Live
+
+    from normbench.train import seed_everything, train_cell
+    from normbench.weightdist import WeightRecorder
 
     seed_everything(args.seed)
     model = build_from_start(start, len(arrays.classes), mirror)

@@ -57,8 +57,21 @@ def test_train_rejects_bad_input_before_training(project, tmp_path, changes, mes
     assert not any((tmp_path / d).exists() for d in ("plots", "checkpoints", "weightdist"))
 
 
+def with_data(tmp_path) -> None:
+    """A small dataset and its statistics where the train stage looks for digits'."""
+    from normbench.arrays import save_arrays
+    from normbench.datasets import make_shapes
+    from normbench.io import write_json
+    from normbench.stats import stats_table
+
+    arrays = make_shapes(4, 0.5, 0)
+    save_arrays(arrays, tmp_path / "data" / "digits")
+    write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
+
+
 def test_train_on_cuda_without_cuda_names_the_alternatives(project, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the stage's process sees no CUDA device
+    with_data(tmp_path)  # the data is checked before the device
     proc = run_stage(project(device="cuda"), "train", *train_args(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert ("device: cuda asked for, but this machine has no CUDA device; use device: auto or "
@@ -90,14 +103,7 @@ def test_stats_on_missing_dataset(project, tmp_path):
 
 def test_imagenet_weights_offline_fail_before_training(project, tmp_path, closed_port_url,
                                                         monkeypatch):
-    from normbench.arrays import save_arrays
-    from normbench.datasets import make_shapes
-    from normbench.io import write_json
-    from normbench.stats import stats_table
-
-    arrays = make_shapes(4, 0.5, 0)
-    save_arrays(arrays, tmp_path / "data" / "digits")
-    write_json(tmp_path / "data" / "stats" / "digits.json", stats_table(arrays.train.images))
+    with_data(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     cwd = project(weights="imagenet", weights_mirror=closed_port_url)
     # The weights are fetched by the start stage, before any cell trains.
@@ -205,6 +211,14 @@ sys.argv = ["check.py", str(project / "valid_names.json")]
 import os; os.chdir(project)
 runpy.run_path(str(root / "stages" / "check.py"), run_name="__main__")
 print("checked:", imported())
+# A cell with a bad input (no dataset folder here) is refused before torch starts.
+sys.argv = ["train.py", "--model", "smallcnn", "--dataset", "shapes", "--seed", "1", "--data",
+            "data/shapes", "--stats", "s.json", "--start", "s.pt", "--metrics", "m.json", "--live",
+            "live", "--predictions", "p.npy", "--checkpoint", "c.pt", "--weightdist", "w"]
+try:
+    runpy.run_path(str(root / "stages" / "train.py"), run_name="__main__")
+except SystemExit as e:
+    print(f"train refused ({e.code}):", imported())
 from normbench.models import build_model
 build_model("smallcnn", 3)
 print("built smallcnn:", imported())
@@ -214,7 +228,8 @@ print("built smallcnn:", imported())
 def test_the_stages_start_light():
     """check, download, stats and report (and a study's and compare's commands) read registries
     and records, never a tensor: importing torch would cost each of them about 2 CPU-s, more
-    than a check's own work, in every `dvc repro` and every test. The model registry builds
+    than a check's own work, in every `dvc repro` and every test. A cell checks its inputs
+    before torch starts, so a typo is refused in a fraction of a second. The model registry builds
     smallcnn with torch alone: torchvision (1.5 CPU-s more where nothing imported
     torch._dynamo before it) waits for a torchvision model."""
     import subprocess
@@ -227,4 +242,4 @@ def test_the_stages_start_light():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "imported: " and lines[1].startswith("grid ok: "), proc.stdout
-    assert lines[2:] == ["checked: ", "built smallcnn: torch"], proc.stdout
+    assert lines[2:] == ["checked: ", "train refused (1): ", "built smallcnn: torch"], proc.stdout

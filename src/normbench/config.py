@@ -131,6 +131,14 @@ class TrainConfig:
             raise ConfigError(f"per_model.{model}: {e}") from None
 
 
+def check_device(name: Any) -> str:
+    """``name`` if it names a device (whether this machine has it is :func:`resolve_device`'s)."""
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or
+                                         name.startswith("cuda:")):
+        raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
+    return name
+
+
 def resolve_device(name: Any) -> torch.device:
     """The device a cell trains on; asking for CUDA without it is an error.
 
@@ -139,13 +147,11 @@ def resolve_device(name: Any) -> torch.device:
     ``cuda:<index>`` pins it; ``auto`` falls back to the CPU on a machine without CUDA. A CUDA
     device is made the process's current device.
     """
+    check_device(name)
     # torch is imported here, not with this module: reading and checking params needs none of
     # it, and importing it costs seconds of CPU in every process that does.
     import torch
 
-    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or
-                                         name.startswith("cuda:")):
-        raise ConfigError(f"unknown device {name!r}; valid choices: {', '.join(DEVICES)}")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
