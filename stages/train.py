@@ -11,8 +11,8 @@ from normbench.machine import details, pin_cpu  # noqa: E402
 
 pin_cpu()  # before torch starts: threads, vector width, MKL branch (normbench.machine)
 
-# Only what checks the inputs is imported up here; torch, dvclive and the training loop (about
-# 2.5 CPU-s of imports) wait in main() until every input has passed.
+# Only what checks the inputs is imported up here; torch, dvclive and the training loop (3 to 4
+# CPU-s of imports) wait in main() until the inputs have passed.
 import numpy as np  # noqa: E402
 
 from normbench.arrays import load_arrays  # noqa: E402
@@ -45,8 +45,9 @@ def main() -> None:
                     help="output: watched layers' weight distributions per epoch")
     args = ap.parse_args()
 
-    # Check every input before any work, and all but the device and the start file before torch
-    # starts: a typo costs a fraction of a second, not a training run.
+    # Check every input before any work, and all that needs no torch (the params, the data and
+    # its statistics) before torch starts: a typo costs a fraction of a second, not a training
+    # run. The device and the start file come after.
     params = load_params()
     model_name, dataset = MODELS.check(args.model), DATASETS.check(args.dataset)
     norm_name = check_norm(require(params, "norm"))
@@ -57,15 +58,16 @@ def main() -> None:
     device_name = check_device(require(params, "device"))
     speed_params = SpeedConfig.from_params(require(params, "speed"))
     arrays = load_arrays(args.data)
-    stats_record = read_json(args.stats, "dataset statistics",
-                             f"run `dvc repro stats@{dataset}` to rebuild them")
+    rebuild = f"run `dvc repro stats@{dataset}` to rebuild them"
+    channel_stats = read_channel_stats(read_json(args.stats, "dataset statistics", rebuild),
+                                       f" in {args.stats}; {rebuild}")
     device = resolve_device(device_name)  # torch starts here
     speed = speed_params.resolve(device)
     start = load_start(args.start, model_name)
     if start["kind"] != weights:
         raise ConfigError(f"{args.start} holds {start['kind']} weights but weights is {weights}; "
                           f"run `dvc repro start@{model_name}`")
-    norm, stats, norm_text = resolve_norm(norm_name, start, read_channel_stats(stats_record))
+    norm, stats, norm_text = resolve_norm(norm_name, start, channel_stats)
 
     import torch
     import torchvision

@@ -52,7 +52,7 @@ def test_train_rejects_bad_input_before_training(project, tmp_path, changes, mes
     proc = run_stage(cwd, "train", *train_args(tmp_path))
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert time.monotonic() - start < 60  # seconds (mostly importing torch), not a training run
+    assert time.monotonic() - start < 60  # seconds, not a training run
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
     assert not any((tmp_path / d).exists() for d in ("plots", "checkpoints", "weightdist"))
 
@@ -77,6 +77,15 @@ def test_train_on_cuda_without_cuda_names_the_alternatives(project, tmp_path, mo
     assert ("device: cuda asked for, but this machine has no CUDA device; use device: auto or "
             "device: cpu") in proc.stderr
     assert (tmp_path / "metrics" / f"{CELL}.json").read_text() == '{"best_acc": 0.5}\n'
+
+
+def test_train_refuses_statistics_without_channel_moments_naming_the_stage(project, tmp_path):
+    with_data(tmp_path)
+    (tmp_path / "data" / "stats" / "digits.json").write_text('{"n_images": 2}')
+    proc = run_stage(project(), "train", *train_args(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert ("dataset statistics without a per-channel mean and std in data/stats/digits.json; "
+            "run `dvc repro stats@digits` to rebuild them") in proc.stderr
 
 
 def test_train_rejects_unknown_model_from_the_command_line(project, tmp_path):
@@ -211,7 +220,9 @@ sys.argv = ["check.py", str(project / "valid_names.json")]
 import os; os.chdir(project)
 runpy.run_path(str(root / "stages" / "check.py"), run_name="__main__")
 print("checked:", imported())
-# A cell with a bad input (no dataset folder here) is refused before torch starts.
+# A cell with a bad input (no dataset folder here: the last check before torch starts; its
+# statistics are in place) is refused before torch starts.
+Path("s.json").write_text('{"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}')
 sys.argv = ["train.py", "--model", "smallcnn", "--dataset", "shapes", "--seed", "1", "--data",
             "data/shapes", "--stats", "s.json", "--start", "s.pt", "--metrics", "m.json", "--live",
             "live", "--predictions", "p.npy", "--checkpoint", "c.pt", "--weightdist", "w"]
@@ -243,3 +254,4 @@ def test_the_stages_start_light():
     lines = proc.stdout.splitlines()
     assert lines[0] == "imported: " and lines[1].startswith("grid ok: "), proc.stdout
     assert lines[2:] == ["checked: ", "train refused (1): ", "built smallcnn: torch"], proc.stdout
+    assert "error: dataset folder data/shapes is missing train_images.npy" in proc.stderr

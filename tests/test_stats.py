@@ -76,6 +76,14 @@ def test_the_stats_record_round_trips(images):
     assert back.mean == tuple(table["mean"]) and back.std == tuple(table["std"])
 
 
+@pytest.mark.parametrize("record", [{"mean": [0.5] * 3}, {"std": [0.2] * 3}, [0.5, 0.2],
+                                    {"mean": 0.5, "std": 0.2}])
+def test_a_stats_record_without_channel_moments_is_refused_naming_the_fix(record):
+    with pytest.raises(ConfigError, match=r"^dataset statistics without a per-channel mean and "
+                                          r"std in s\.json; rerun$"):
+        read_channel_stats(record, " in s.json; rerun")
+
+
 # --- exact: every figure is the exact value rounded once, whatever the order of the pixels ----
 
 def nearest_sqrt(q: Fraction) -> float:

@@ -234,5 +234,10 @@ def stats_table(images: np.ndarray) -> dict:
     }
 
 
-def read_channel_stats(record: dict) -> ChannelStats:
-    return ChannelStats(tuple(record["mean"]), tuple(record["std"]))
+def read_channel_stats(record: dict, fix: str = "") -> ChannelStats:
+    """The per-channel mean and std of a record of :func:`stats_table`; ``fix`` ends the error
+    for a record without them (where it came from, how to rebuild it)."""
+    try:
+        return ChannelStats(tuple(record["mean"]), tuple(record["std"]))
+    except (KeyError, TypeError):  # a key missing, or not a JSON object or list where expected
+        raise ConfigError(f"dataset statistics without a per-channel mean and std{fix}") from None
