@@ -13,8 +13,10 @@ command (daemonized), so their CPU never reaches its rusage. Two counts here:
   here, with its CPU (wait4's rusage). Under pytest, this file is also a plugin (`-p suite_time`)
   that charges each test the CPU of its worker and of the children it waited for, and names the
   running test in the environment (NORMBENCH_SUITE_TEST) every process it starts inherits, so a
-  detached process is charged to the test that started it. It prints the slowest ten modules
-  and tests, and with --account FILE writes every test's row (JSON lines).
+  detached process is charged to the test that started it. A daemon whose environment does not
+  name a test (Slurm's, which wipe theirs) is charged to the test that a process below it names
+  (its job): a daemon that serves several tests, to the first one found. It prints the slowest
+  ten modules and tests, and with --account FILE writes every test's row (JSON lines).
 
 Usage: python bench/suite_time.py [--out FILE] [--account FILE] [-- command ...]
 """
@@ -92,18 +94,34 @@ def test_of(pid: int) -> str | None:
     return next((v[len(prefix):].decode() for v in environ if v.startswith(prefix)), None)
 
 
-def orphans() -> list[int]:
-    """Processes re-parented to this one (its own child, the command, included)."""
-    me, found = str(os.getpid()), []
+def parents() -> dict[int, int]:
+    """{pid: parent pid} of every process."""
+    found = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 stat = Path(entry.path, "stat").read_text()
             except OSError:
                 continue
-            if stat.rsplit(")", 1)[1].split()[1] == me:  # the field after the state: ppid
-                found.append(int(entry.name))
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # after the state
     return found
+
+
+def orphans(tree: dict[int, int] | None = None) -> list[int]:
+    """Processes re-parented to this one (its own child, the command, included)."""
+    me = os.getpid()
+    return [pid for pid, parent in (tree or parents()).items() if parent == me]
+
+
+def test_below(pid: int, tree: dict[int, int]) -> str | None:
+    """The test that a process running below ``pid`` was started under: a daemon that starts
+    with an empty environment (Slurm's step daemon) still runs the test's commands below it."""
+    children = [child for child, parent in tree.items() if parent == pid]
+    for child in children:
+        found = test_of(child) or test_below(child, tree)
+        if found:
+            return found
+    return None
 
 
 def cpu_so_far_s(pid: int) -> float:
@@ -129,11 +147,12 @@ def run_accounted(command: list[str], folder: Path) -> tuple[int, float, dict[st
     tests: dict[int, str | None] = {proc.pid: None}
     done = threading.Event()
 
-    def scan() -> None:  # a detached process is looked up once, when it is first re-parented
+    def scan() -> None:  # a detached process is looked up when it is re-parented, until found
         while not done.wait(SCAN_S):
-            for pid in orphans():
-                if pid not in tests:
-                    tests[pid] = test_of(pid)
+            tree = parents()
+            for pid in orphans(tree):
+                if pid != proc.pid and tests.get(pid) is None:
+                    tests[pid] = test_of(pid) or test_below(pid, tree)
     threading.Thread(target=scan, daemon=True).start()
     detached: dict[str | None, float] = defaultdict(float)
     code, command_cpu = None, 0.0

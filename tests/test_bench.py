@@ -461,6 +461,22 @@ def test_suite_time_counts_the_cpu_of_detached_processes_and_keeps_the_exit_code
     assert busy <= (wall + 1) * os.cpu_count(), line  # seconds, not clock ticks
 
 
+# A daemon started with an empty environment (Slurm's step daemon) that runs a command with the
+# environment of the test (the job, as sbatch exports it) and waits for it.
+DETACHED_CLEAN = """
+import os, sys
+job_env = {"NORMBENCH_SUITE_TEST": os.environ["NORMBENCH_SUITE_TEST"]}
+burn = "import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass"
+launch = ("import subprocess, sys; subprocess.run([sys.executable, '-c', " + repr(burn)
+          + "], env=" + repr(job_env) + ")")
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execve(sys.executable, [sys.executable, "-c", launch], {})
+    os._exit(0)
+"""
+
+
 ACCOUNTED_TESTS = f"""
 import subprocess, sys, time
 
@@ -472,6 +488,10 @@ def test_in_process():
     end = time.process_time() + 0.7
     while time.process_time() < end:
         pass
+
+def test_detached_without_environment():  # as Slurm's step daemon, which runs the job
+    subprocess.run([sys.executable, "-c", {DETACHED_CLEAN!r}])
+    time.sleep(2.5)
 
 def test_waited_child():
     subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.5\\n"
@@ -489,9 +509,12 @@ def test_suite_time_charges_each_test_its_cpu_detached_processes_included(tmp_pa
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     by_test = {r["test"].split("::")[1]: r for r in map(json.loads, rows.read_text().splitlines())}
-    assert set(by_test) == {"test_detached", "test_in_process", "test_waited_child"}
+    assert set(by_test) == {"test_detached", "test_detached_without_environment",
+                            "test_in_process", "test_waited_child"}
     detached = by_test["test_detached"]
     assert 1.4 <= detached["detached_cpu_s"] <= 1.7 and detached["cpu_s"] < 0.5, detached
+    clean = by_test["test_detached_without_environment"]  # its child's CPU, through its own
+    assert 0.9 <= clean["detached_cpu_s"] <= 1.5 and clean["cpu_s"] < 0.5, clean
     assert 0.65 <= by_test["test_in_process"]["total_cpu_s"] <= 0.9, by_test
     waited = by_test["test_waited_child"]
     assert 0.5 <= waited["cpu_s"] <= 1.2 and waited["detached_cpu_s"] == 0, waited
