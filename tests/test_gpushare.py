@@ -131,3 +131,15 @@ def test_default_jobs_on_a_gpu_take_the_measured_cells_per_gpu(monkeypatch):
     assert dvcqueue.default_jobs() == 6
     monkeypatch.setattr(gpushare, "for_this_gpu", lambda: Sharing(1, False, "nothing"))
     assert dvcqueue.default_jobs() == 2
+
+
+def test_default_jobs_on_a_cpu_are_one_per_core_a_cell_trains_on_one_thread(monkeypatch):
+    import torch
+
+    from normbench import dvcqueue, machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert machine.CPU_THREADS == 1 and dvcqueue.default_jobs() == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert dvcqueue.default_jobs() == 1

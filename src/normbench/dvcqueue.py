@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from normbench.eta import Eta
+from normbench.machine import CPU_THREADS
 from normbench.registry import ConfigError
 from normbench.runstate import Experiment, follow, head_commit
 
@@ -538,11 +539,14 @@ def stop_local(repo: Path, names: list[str]) -> None:
 
 
 def default_jobs() -> int:
-    """Workers that fit this machine: per GPU as measured (normbench.gpushare), else one per two
-    CPU cores.
+    """Workers that fit this machine: per GPU as measured (normbench.gpushare), else one per CPU
+    core.
 
-    On a CPU a cell's torch already uses every core it is given, so more workers mostly share
-    the same cores; on a GPU a 32 px cell leaves it idle between kernel launches.
+    A CPU cell trains on one thread (normbench.machine.CPU_THREADS: the thread count changes its
+    bytes), so one worker per core keeps every core busy; fewer would leave cores idle. Each
+    worker holds its cell in memory (a resnet18 cell at 32 px and batch 256: about 1.2 GiB
+    resident, measured): where memory is short, set JOBS. On a GPU a 32 px cell leaves it idle
+    between kernel launches.
     """
     import torch
 
@@ -550,4 +554,4 @@ def default_jobs() -> int:
         from normbench.gpushare import for_this_gpu
 
         return for_this_gpu().jobs * torch.cuda.device_count()
-    return max(1, usable_cores() // 2)
+    return max(1, usable_cores() // CPU_THREADS)
