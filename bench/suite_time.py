@@ -91,7 +91,8 @@ def test_of(pid: int) -> str | None:
     except OSError:
         return None
     prefix = f"{TEST_ENV}=".encode()
-    return next((v[len(prefix):].decode() for v in environ if v.startswith(prefix)), None)
+    return next((v[len(prefix):].decode(errors="replace") for v in environ
+                 if v.startswith(prefix)), None)
 
 
 def parents() -> dict[int, int]:
@@ -116,11 +117,18 @@ def orphans(tree: dict[int, int] | None = None) -> list[int]:
 def test_below(pid: int, tree: dict[int, int]) -> str | None:
     """The test that a process running below ``pid`` was started under: a daemon that starts
     with an empty environment (Slurm's step daemon) still runs the test's commands below it."""
-    children = [child for child, parent in tree.items() if parent == pid]
-    for child in children:
-        found = test_of(child) or test_below(child, tree)
-        if found:
-            return found
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, parent in tree.items():
+        children[parent].append(child)
+    below, seen = list(children[pid]), {pid}
+    while below:  # breadth first; ``seen``: a pid reused while /proc was read cannot loop
+        child = below.pop(0)
+        if child not in seen:
+            seen.add(child)
+            found = test_of(child)
+            if found:
+                return found
+            below.extend(children[child])
     return None
 
 
@@ -151,8 +159,12 @@ def run_accounted(command: list[str], folder: Path) -> tuple[int, float, dict[st
         while not done.wait(SCAN_S):
             tree = parents()
             for pid in orphans(tree):
+                # Not the command itself: its CPU is its own (wait4), and every test runs below it.
                 if pid != proc.pid and tests.get(pid) is None:
-                    tests[pid] = test_of(pid) or test_below(pid, tree)
+                    try:
+                        tests[pid] = test_of(pid) or test_below(pid, tree)
+                    except (OSError, ValueError):  # gone meanwhile, or an unreadable environment
+                        pass
     threading.Thread(target=scan, daemon=True).start()
     detached: dict[str | None, float] = defaultdict(float)
     code, command_cpu = None, 0.0
@@ -161,8 +173,8 @@ def run_accounted(command: list[str], folder: Path) -> tuple[int, float, dict[st
         if pid == proc.pid:
             code, command_cpu = os.waitstatus_to_exitcode(status), rusage_s(usage)
             proc.returncode = code  # reaped here; Popen must not wait for it again
-        else:
-            detached[tests.get(pid) or test_of(pid)] += rusage_s(usage)
+        else:  # taken off: a later process may get its pid
+            detached[tests.pop(pid, None) or test_of(pid)] += rusage_s(usage)
     done.set()
     deadline = time.monotonic() + LINGER_S
     while time.monotonic() < deadline:  # detached processes still ending
@@ -173,7 +185,7 @@ def run_accounted(command: list[str], folder: Path) -> tuple[int, float, dict[st
         if pid == 0:
             time.sleep(0.1)
         else:
-            detached[tests.get(pid)] += rusage_s(usage)
+            detached[tests.pop(pid, None)] += rusage_s(usage)
     for pid in orphans():  # still running: their CPU so far (a daemon the command left behind)
         detached[tests.get(pid) or test_of(pid)] += cpu_so_far_s(pid)
         print(f"suite_time: process {pid} (started under {tests.get(pid)}) still runs after the "

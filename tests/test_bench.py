@@ -467,8 +467,9 @@ DETACHED_CLEAN = """
 import os, sys
 job_env = {"NORMBENCH_SUITE_TEST": os.environ["NORMBENCH_SUITE_TEST"]}
 burn = "import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass"
-launch = ("import subprocess, sys; subprocess.run([sys.executable, '-c', " + repr(burn)
-          + "], env=" + repr(job_env) + ")")
+# The launcher waits before its job: scans find it with no process below that names a test.
+launch = ("import subprocess, sys, time; time.sleep(0.6); subprocess.run([sys.executable, '-c', "
+          + repr(burn) + "], env=" + repr(job_env) + ")")
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:

@@ -69,8 +69,10 @@ def test_study_resumes_reports_failures_and_compares(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "commit", "-qam", "more images")
 
-    # 1. Interrupted (Ctrl-C) once the first cell has finished and the second one started.
-    proc = study(repo, *STUDY)
+    # 1. Interrupted (Ctrl-C) once the first cell has finished and the second one started: one
+    # experiment at a time (JOBS=auto would run both side by side on a machine of 2 cores or
+    # more, and the experiment running would be the one that printed first).
+    proc = study(repo, *STUDY, "--jobs", "1")
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -145,7 +145,7 @@ def start_queue(repo: Path, jobs: int) -> None:
     a Ctrl-C in the terminal is the study's to handle (it stops its experiments), and would
     make `dvc queue start` fail half-way.
     """
-    threads = max(1, usable_cores() // jobs)  # torch would take every core in each
+    threads = max(1, usable_cores() // jobs)  # a stage that does not pin its threads
     limit = os.environ.get("OMP_NUM_THREADS", "")
     if limit.isdigit() and int(limit) > 0:  # a caller's own limit stands (the tests: their share)
         threads = min(threads, int(limit))
@@ -539,14 +539,14 @@ def stop_local(repo: Path, names: list[str]) -> None:
 
 
 def default_jobs() -> int:
-    """Workers that fit this machine: per GPU as measured (normbench.gpushare), else one per CPU
-    core.
+    """Workers that fit this machine: per GPU as measured (normbench.gpushare), else one per
+    usable CPU (a hardware thread).
 
     A CPU cell trains on one thread (normbench.machine.CPU_THREADS: the thread count changes its
-    bytes), so one worker per core keeps every core busy; fewer would leave cores idle. Each
-    worker holds its cell in memory (a resnet18 cell at 32 px and batch 256: about 1.2 GiB
-    resident, measured): where memory is short, set JOBS. On a GPU a 32 px cell leaves it idle
-    between kernel launches.
+    bytes), so one worker per CPU keeps every CPU busy; fewer would leave some idle. Each worker
+    holds its cell in memory (resnet18 at 32 px and batch 256: about 1.2 GiB resident, measured;
+    the larger models more): where memory is short, set JOBS. On a GPU a 32 px cell leaves it
+    idle between kernel launches.
     """
     import torch
 
