@@ -130,14 +130,20 @@ def test_nan_loss_stops_the_cell(tiny):
 
 
 def test_a_model_learns_the_shapes():
+    # The loop's learning, on the registry's smallcnn: 15 epochs of 243 images take it to 96-99 %
+    # (seeds 1-3, 1 or 2 threads, AMD and Intel), so a loop that learns worse fails by a wide
+    # margin. resnet18 at 6 epochs reached 19-39 % here and its pass hung on float rounding
+    # (failed at 22 % on an AVX-512 machine); resnet18 learning through the pipeline is
+    # test_study_e2e's (every cell above chance).
     big = make_shapes(images_per_class=60, test_fraction=0.25, seed=1)
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 6, "batch_size": 16, "val_fraction": 0.1})
-    r = run(big, cfg=cfg)
-    assert r.history[-1]["train_loss"] < 0.8 * r.history[1]["train_loss"]
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 15, "batch_size": 16, "lr": 0.01,
+                         "val_fraction": 0.1})
+    r = run(big, cfg=cfg, model="smallcnn")
+    assert r.history[-1]["train_loss"] < 0.5 * r.history[1]["train_loss"]
     m = r.metrics()
-    # The final epoch (no selection on the test set), well above the 1/6 of chance.
+    # The final epoch (no selection on the test set), far above the 1/6 of chance.
     assert m["chance_acc"] == pytest.approx(1 / 6, abs=0.01)
-    assert m["final_acc"] > 0.25 and m["learned"] and m["above_chance_p"] < 0.01
+    assert m["final_acc"] > 0.8 and m["val_acc"] > 0.6 and m["learned"]
 
 
 def test_a_cell_that_did_not_learn_says_so(tiny):
