@@ -12,7 +12,8 @@ defaults with each variable the pins set (threads, oneDNN's ISA, MKL's branch, A
 set alone: which of them move the bytes.
 
 Usage: python bench/machine_pin.py [--model resnet18] [--images 512] [--epochs 1] [--repeats 3]
-Writes bench/results/machine-pin-<arch>-<cores>-cores.md.
+Writes bench/results/machine-pin-<arch>-<maker>-<cores>-cores.md (the CPU's maker: pinned, two
+makers' CPUs give other bytes).
 """
 
 from __future__ import annotations
@@ -140,12 +141,12 @@ def main() -> None:
     ap.add_argument("--worker", choices=("pinned", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="the results file (default: "
-                    "bench/results/machine-pin-<arch>-<cores>-cores.md)")
+                    "bench/results/machine-pin-<arch>-<maker>-<cores>-cores.md)")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
 
-    from normbench.machine import cpu_flags, cpu_model, native_vector_width
+    from normbench.machine import cpu_flags, cpu_model, cpu_vendor, native_vector_width
 
     cores = sorted(os.sched_getaffinity(0))
     native = native_vector_width(cpu_flags())
@@ -193,7 +194,8 @@ def main() -> None:
     distinct = {what: len({h for w, _, h in singles if w == what}) for what, _, _ in singles}
 
     import torch
-    name = f"machine-pin-{os.uname().machine.replace('_', '-')}-{len(cores)}-cores"
+    maker = cpu_vendor().lower() or "unknown"
+    name = f"machine-pin-{os.uname().machine.replace('_', '-')}-{maker}-{len(cores)}-cores"
     out = args.out or RESULTS / f"{name}.md"
     command = (f"python bench/machine_pin.py --model {args.model} --images {args.images} "
                f"--epochs {args.epochs} --repeats {args.repeats}")

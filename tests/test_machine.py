@@ -18,7 +18,8 @@ import torch
 import yaml
 from conftest import ROOT, TINY_MODEL, run_stage
 
-from normbench.machine import (CPU_THREADS, cpu_flags, cpu_model, details, native_vector_width,
+from normbench.machine import (CPU_THREADS, cpu_flags, cpu_model, cpu_vendor, details,
+                               native_vector_width,
                                pin_cpu, pinned_env, ran_on)
 
 CELL = f"{TINY_MODEL}-digits-223"
@@ -80,7 +81,7 @@ def test_a_cell_is_the_same_bytes_on_one_core_or_all_and_under_either_vector_wid
     first = next(iter(runs.values()))
     assert len(first) >= 5 and all(files == first for files in runs.values()), runs
     metrics = json.loads((project / "metrics" / f"{CELL}.json").read_text())
-    assert metrics["ran_on"].endswith(f"cpu {os.uname().machine} avx2 1 thread")
+    assert metrics["ran_on"].endswith(f"cpu {os.uname().machine} {cpu_vendor()} avx2 1 thread")
     assert metrics["ran_on"].startswith(f"torch {torch.__version__}, torchvision ")
     timing = json.loads((project / "timings" / f"{CELL}.json").read_text())
     assert timing["machine"]["cpu"] == cpu_model() and timing["machine"]["cores"] == len(cores)
@@ -111,14 +112,18 @@ def test_the_cpu_is_read_from_cpuinfo(tmp_path):
     assert native_vector_width({"sse4_2", "avx", "avx2"}) == "avx2"
     assert native_vector_width(set()) == "none"
     assert cpu_flags(tmp_path / "absent") == set()
+    assert cpu_vendor(info) == "" and cpu_vendor(tmp_path / "absent") == ""
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Example\n")
+    assert cpu_vendor(info) == "GenuineIntel"
 
 
 def test_ran_on_is_the_kind_of_machine_and_details_the_machine():
     device = torch.device("cpu")
     threads = torch.get_num_threads()
     width = torch.backends.cpu.get_cpu_capability().lower()
-    assert ran_on(device).endswith(
-        f"cpu {os.uname().machine} {width} {threads} thread{'s' if threads > 1 else ''}")
+    maker = f" {cpu_vendor()}" if cpu_vendor() else ""
+    assert ran_on(device).endswith(f"cpu {os.uname().machine}{maker} {width} {threads} "
+                                   f"thread{'s' if threads > 1 else ''}")
     if cpu_model() != os.uname().machine:  # the model goes with the timings, not the hash
         assert cpu_model() not in ran_on(device)
     assert details(device)["cpu"] == cpu_model()

@@ -59,6 +59,22 @@ def test_outputs_that_moved_without_moving_a_metric_say_so():
     assert "0 of 1 cells moved." in text
 
 
+def test_it_names_the_kinds_of_machine_that_wrote_each_side():
+    here = edited(LOCK, "train@resnet18-shapes-1", "outs", "m2")
+    amd, intel = (copy.deepcopy(METRICS) for _ in range(2))
+    amd["resnet18-shapes-1"]["ran_on"] = "torch 2.14.1, cpu x86_64 AuthenticAMD avx2 1 thread"
+    intel["resnet18-shapes-1"].update(ran_on="torch 2.14.1, cpu x86_64 GenuineIntel avx2 1 thread",
+                                      final_acc=0.875)
+    other = verdict(LOCK, here, amd, intel)
+    assert ("HEAD's cells ran on torch 2.14.1, cpu x86_64 AuthenticAMD avx2 1 thread, this "
+            "machine's on torch 2.14.1, cpu x86_64 GenuineIntel avx2 1 thread" in other)
+    same = verdict(LOCK, here, amd, {**amd, "resnet18-shapes-1": {
+        **amd["resnet18-shapes-1"], "final_acc": 0.875}})
+    assert "ran on the same kind of machine (torch 2.14.1, cpu x86_64 AuthenticAMD" in same
+    assert "HEAD's cells" not in verdict(LOCK, here, METRICS, intel)  # HEAD's say nothing
+    assert other.endswith(BASELINE_RECIPE) and same.endswith(BASELINE_RECIPE)
+
+
 def test_other_code_or_params_is_no_reproduction_test():
     code = edited(LOCK, "stats@shapes", "deps", "c9")
     assert verdict(LOCK, code, METRICS, METRICS).startswith(

@@ -15,6 +15,10 @@ Measured with one small resnet18 cell on an AMD EPYC with AVX-512, torch 2.14.1
 So every CPU-training stage calls :func:`pin_cpu` before it imports torch (the four are read
 when torch and its libraries start). The pins are constants of the code, not params: a param is
 part of a stage's hash, and placement must not retrain anything.
+
+The pins do not reach across CPU makers: pinned, an Intel Xeon (Sapphire Rapids, AVX-512) wrote
+other train outputs than the AMD EPYC (bench/results/machine-pin-*.md; the same data and
+statistics), so the maker is part of the kind of machine (:func:`ran_on`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,17 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return line.partition(":")[2].strip() or platform.machine()
 
 
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's maker as the CPU names itself (``GenuineIntel``, ``AuthenticAMD``), or ``""``
+    where /proc/cpuinfo does not say (no such file, or an Arm CPU: no ``vendor_id``)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("vendor_id")), "")
+    return line.partition(":")[2].strip()
+
+
 def native_vector_width(flags: set[str]) -> str:
     """The widest x86 vector extension the CPU has (``avx512``, ``avx2``, ...), or ``none``."""
     for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"),
@@ -91,12 +106,13 @@ def pin_cpu() -> None:
 def ran_on(device) -> str:
     """What decides a run's numbers besides its inputs: the *kind* of machine, hashed with them.
 
-    torch and torchvision versions, then the GPU's name, or on a CPU its architecture, the
-    vector width its kernels ran at and the thread count: the same string on every machine that
-    gives the same bytes, e.g. "torch 2.14.1+cu130, torchvision 0.29.1+cu130, cpu x86_64 avx2 1
-    thread".
-    The CPU's model name is left out (it goes with the timings, :func:`details`): the pins make
-    it irrelevant, and a metrics file must be the same bytes wherever the results are.
+    torch and torchvision versions, then the GPU's name, or on a CPU its architecture, its maker,
+    the vector width its kernels ran at and the thread count, e.g. "torch 2.14.1+cu130,
+    torchvision 0.29.1+cu130, cpu x86_64 AuthenticAMD avx2 1 thread". Pinned, two makers' CPUs
+    gave other bytes (measured: AMD EPYC and Intel Xeon), so cells of one are not pooled with the
+    other's. The model name is left out (it goes with the timings, :func:`details`): virtual
+    machines often hide it ("AMD EPYC", "Intel(R) Xeon(R) Processor"), and whether two models
+    of one maker give other bytes is not measured.
     """
     import torch
     import torchvision
@@ -106,7 +122,8 @@ def ran_on(device) -> str:
         return f"{versions}, cuda {torch.cuda.get_device_name(device)}"
     threads = torch.get_num_threads()
     width = torch.backends.cpu.get_cpu_capability().lower()
-    return (f"{versions}, {device.type} {platform.machine()} {width} "
+    maker = f" {cpu_vendor()}" if cpu_vendor() else ""
+    return (f"{versions}, {device.type} {platform.machine()}{maker} {width} "
             f"{threads} thread{'s' if threads > 1 else ''}")
 
 

@@ -82,6 +82,19 @@ def moved_cells(committed: dict, here: dict) -> list[Moved]:
             if cell in theirs and m != theirs[cell]]
 
 
+def machines(committed: dict, here: dict) -> str:
+    """Where HEAD's cells and this machine's ran (their ``ran_on``), in words; "" if unknown."""
+    kinds = [sorted({str(m["ran_on"]) for m in cells_of(records).values() if "ran_on" in m})
+             for records in (committed, here)]
+    if not all(kinds):
+        return ""
+    if kinds[0] == kinds[1]:
+        return (f" HEAD's cells ran on the same kind of machine ({'; '.join(kinds[1])}): a "
+                "difference the CPU pins do not cover (docs/reproducibility.md).")
+    return (f" HEAD's cells ran on {'; '.join(kinds[0])}, this machine's on "
+            f"{'; '.join(kinds[1])}: another kind of machine gives other bytes.")
+
+
 def verdict(committed_lock: dict, lock: dict, committed_metrics: dict, metrics: dict) -> str:
     """What `make repro` says at its end, in words."""
     if not committed_lock:
@@ -103,7 +116,8 @@ def verdict(committed_lock: dict, lock: dict, committed_metrics: dict, metrics: 
     return (f"NOT reproduced on this machine: {len(differ)} of {len(theirs)} outputs differ from "
             f"the committed dvc.lock ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})"
             f"; {len(moved)} of {len(cells_of(metrics))} cells moved"
-            f"{': ' + '; '.join(m.text() for m in moved) if moved else ''}. "
+            f"{': ' + '; '.join(m.text() for m in moved) if moved else ''}."
+            f"{machines(committed_metrics, metrics)} "
             "`dvc metrics diff` against HEAD would mix this machine's drift into every delta, so "
             f"{BASELINE_RECIPE}")
 
