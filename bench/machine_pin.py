@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def main() -> None:
     distinct = {what: len({h for w, _, h in singles if w == what}) for what, _, _ in singles}
 
     import torch
-    maker = cpu_vendor().lower() or "unknown"
+    maker = re.sub(r"[^a-z0-9]+", "-", cpu_vendor().lower())  # IBM/S390 would make a folder
     name = f"machine-pin-{os.uname().machine.replace('_', '-')}-{maker}-{len(cores)}-cores"
     out = args.out or RESULTS / f"{name}.md"
     command = (f"python bench/machine_pin.py --model {args.model} --images {args.images} "

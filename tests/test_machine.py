@@ -112,19 +112,27 @@ def test_the_cpu_is_read_from_cpuinfo(tmp_path):
     assert native_vector_width({"sse4_2", "avx", "avx2"}) == "avx2"
     assert native_vector_width(set()) == "none"
     assert cpu_flags(tmp_path / "absent") == set()
-    assert cpu_vendor(info) == "" and cpu_vendor(tmp_path / "absent") == ""
+    # no maker named, or no file: a kind of its own, never pooled with a known maker's
+    assert cpu_vendor(info) == cpu_vendor(tmp_path / "absent") == "maker-unknown"
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Example\n")
     assert cpu_vendor(info) == "GenuineIntel"
+    info.write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n")
+    assert cpu_vendor(info) == "arm-0x41"  # Arm Ltd's code (Neoverse); Ampere's is 0xc0
 
 
 def test_ran_on_is_the_kind_of_machine_and_details_the_machine():
     device = torch.device("cpu")
     threads = torch.get_num_threads()
     width = torch.backends.cpu.get_cpu_capability().lower()
-    maker = f" {cpu_vendor()}" if cpu_vendor() else ""
-    assert ran_on(device).endswith(f"cpu {os.uname().machine}{maker} {width} {threads} "
+    assert ran_on(device).endswith(f"cpu {os.uname().machine} {cpu_vendor()} {width} {threads} "
                                    f"thread{'s' if threads > 1 else ''}")
+    if os.uname().machine == "x86_64" and Path("/proc/cpuinfo").is_file():  # this machine's maker
+        assert cpu_vendor() in ("GenuineIntel", "AuthenticAMD", "HygonGenuine"), cpu_vendor()
     if cpu_model() != os.uname().machine:  # the model goes with the timings, not the hash
         assert cpu_model() not in ran_on(device)
     assert details(device)["cpu"] == cpu_model()
+    if Path("/sys/devices/system/cpu/cpu0/cache/index0").is_dir():  # Linux: what oneDNN may read
+        caches = details(device)["cpu_caches"]
+        assert {"L1d", "L1i", "L2"} <= set(caches), caches
+        assert all(size[:-1].isdigit() and size.endswith("K") for size in caches.values()), caches
 

@@ -66,11 +66,15 @@ def test_it_names_the_kinds_of_machine_that_wrote_each_side():
     intel["resnet18-shapes-1"].update(ran_on="torch 2.14.1, cpu x86_64 GenuineIntel avx2 1 thread",
                                       final_acc=0.875)
     other = verdict(LOCK, here, amd, intel)
-    assert ("HEAD's cells ran on torch 2.14.1, cpu x86_64 AuthenticAMD avx2 1 thread, this "
-            "machine's on torch 2.14.1, cpu x86_64 GenuineIntel avx2 1 thread" in other)
+    assert ("HEAD's cells ran on `torch 2.14.1, cpu x86_64 AuthenticAMD avx2 1 thread`, this "
+            "machine's on `torch 2.14.1, cpu x86_64 GenuineIntel avx2 1 thread`" in other)
     same = verdict(LOCK, here, amd, {**amd, "resnet18-shapes-1": {
         **amd["resnet18-shapes-1"], "final_acc": 0.875}})
-    assert "ran on the same kind of machine (torch 2.14.1, cpu x86_64 AuthenticAMD" in same
+    assert ("ran on the same kind of machine, `torch 2.14.1, cpu x86_64 AuthenticAMD avx2 1 "
+            "thread`: a difference the CPU pins do not cover" in same)
+    gpu = {c: {**m, "ran_on": "torch 2.14.1, cuda NVIDIA H200"} if "final_acc" in m else m
+           for c, m in METRICS.items()}
+    assert "GPU results are recorded, not pinned" in verdict(LOCK, here, gpu, gpu)
     assert "HEAD's cells" not in verdict(LOCK, here, METRICS, intel)  # HEAD's say nothing
     assert other.endswith(BASELINE_RECIPE) and same.endswith(BASELINE_RECIPE)
 

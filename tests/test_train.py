@@ -131,9 +131,9 @@ def test_nan_loss_stops_the_cell(tiny):
 
 def test_a_model_learns_the_shapes():
     # The loop's learning, on the registry's smallcnn: 15 epochs of 243 images take it to 96-99 %
-    # (seeds 1-3, 1 or 2 threads, AMD and Intel), so a loop that learns worse fails by a wide
-    # margin. resnet18 at 6 epochs reached 19-39 % here and its pass hung on float rounding
-    # (failed at 22 % on an AVX-512 machine); resnet18 learning through the pipeline is
+    # (seeds 1-3, 1 or 2 threads, on an Intel Xeon; the test runs seed 3), so a loop that learns
+    # worse fails by a wide margin. resnet18 at 6 epochs reached 19-39 % there and its pass hung
+    # on float rounding (it failed at 22 %); resnet18 learning through the pipeline is
     # test_study_e2e's (every cell above chance).
     big = make_shapes(images_per_class=60, test_fraction=0.25, seed=1)
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 15, "batch_size": 16, "lr": 0.01,

@@ -1,5 +1,5 @@
 """Where a run trains: the CPU settings that make a cell's bytes the same on every x86-64
-machine, and the record of what it ran on.
+machine of one CPU maker, and the record of what it ran on.
 
 Measured with one small resnet18 cell on an AMD EPYC with AVX-512, torch 2.14.1
 (bench/machine_pin.py, docs/reproducibility.md): its weights changed with each of
@@ -8,17 +8,18 @@ Measured with one small resnet18 cell on an AMD EPYC with AVX-512, torch 2.14.1
   core is one thread);
 - oneDNN's instruction set, which runs the convolutions (ONEDNN_MAX_CPU_ISA: SSE4.1, AVX2 and
   AVX-512 gave three results);
-- MKL's code path, which runs the linear layer's matrix products (MKL_CBWR: default, AVX2 and
-  COMPATIBLE gave three results);
+- MKL's code path, which runs the linear layer's matrix products (MKL_CBWR: default and AVX2
+  agreed, COMPATIBLE differed: two results; three on an Intel Xeon, where AVX2 is a branch of
+  its own);
 - ATen's own kernels: DEFAULT differed from AVX2 and AVX-512, which agreed.
 
 So every CPU-training stage calls :func:`pin_cpu` before it imports torch (the four are read
 when torch and its libraries start). The pins are constants of the code, not params: a param is
 part of a stage's hash, and placement must not retrain anything.
 
-The pins do not reach across CPU makers: pinned, an Intel Xeon (Sapphire Rapids, AVX-512) wrote
-other train outputs than the AMD EPYC (bench/results/machine-pin-*.md; the same data and
-statistics), so the maker is part of the kind of machine (:func:`ran_on`).
+The pins do not reach across CPU makers: pinned, an Intel Xeon (AVX-512) wrote other train
+outputs than the AMD EPYC (bench/results/machine-pin-*.md; the same data and statistics), so
+the maker is part of the kind of machine (:func:`ran_on`).
 """
 
 from __future__ import annotations
@@ -60,15 +61,38 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return line.partition(":")[2].strip() or platform.machine()
 
 
+UNKNOWN_MAKER = "maker-unknown"
+CACHE_TYPE = {"Data": "d", "Instruction": "i"}  # sysfs's cache type -> L1d, L1i; Unified: L2
+
+
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's maker as the CPU names itself (``GenuineIntel``, ``AuthenticAMD``), or ``""``
-    where /proc/cpuinfo does not say (no such file, or an Arm CPU: no ``vendor_id``)."""
+    """The CPU's maker as the CPU names itself: x86's ``vendor_id`` (``GenuineIntel``,
+    ``AuthenticAMD``), an Arm CPU's implementer code (``arm-0x41``), or ``maker-unknown`` where
+    /proc/cpuinfo says neither (or does not exist): never pooled with a known maker."""
     try:
-        text = cpuinfo.read_text()
+        lines = cpuinfo.read_text().splitlines()
     except OSError:
-        return ""
-    line = next((ln for ln in text.splitlines() if ln.startswith("vendor_id")), "")
-    return line.partition(":")[2].strip()
+        return UNKNOWN_MAKER
+    for key, prefix in (("vendor_id", ""), ("CPU implementer", "arm-")):
+        value = next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), "")
+        if value:
+            return prefix + value
+    return UNKNOWN_MAKER
+
+
+def cache_sizes() -> dict[str, str]:
+    """The first CPU's caches by level and type (``{"L1d": "48K", "L2": "2048K", ...}``), from
+    Linux's sysfs; empty elsewhere. Timings only: oneDNN's blocking may follow them, and a
+    conflict between two machines of one maker can then be read off their timings."""
+    out = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip()
+                                 for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        out[f"L{level}{CACHE_TYPE.get(kind, '')}"] = size
+    return out
 
 
 def native_vector_width(flags: set[str]) -> str:
@@ -112,7 +136,7 @@ def ran_on(device) -> str:
     gave other bytes (measured: AMD EPYC and Intel Xeon), so cells of one are not pooled with the
     other's. The model name is left out (it goes with the timings, :func:`details`): virtual
     machines often hide it ("AMD EPYC", "Intel(R) Xeon(R) Processor"), and whether two models
-    of one maker give other bytes is not measured.
+    or cache sizes of one maker give other bytes is not measured (the timings record both).
     """
     import torch
     import torchvision
@@ -122,18 +146,18 @@ def ran_on(device) -> str:
         return f"{versions}, cuda {torch.cuda.get_device_name(device)}"
     threads = torch.get_num_threads()
     width = torch.backends.cpu.get_cpu_capability().lower()
-    maker = f" {cpu_vendor()}" if cpu_vendor() else ""
-    return (f"{versions}, {device.type} {platform.machine()}{maker} {width} "
+    return (f"{versions}, {device.type} {platform.machine()} {cpu_vendor()} {width} "
             f"{threads} thread{'s' if threads > 1 else ''}")
 
 
 def details(device) -> dict:
-    """The machine itself, for the timings (not hashed): CPU model, native vector width, cores."""
+    """The machine itself, for the timings (not hashed): CPU model, native vector width, caches,
+    cores."""
     import torch
 
     flags = cpu_flags()
     out = {"cpu": cpu_model(), "cpu_vector_width": native_vector_width(flags),
-           "cores": len(os.sched_getaffinity(0)),
+           "cpu_caches": cache_sizes(), "cores": len(os.sched_getaffinity(0)),
            "pinned": {k: os.environ.get(k) for k in pinned_env(flags)}}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)

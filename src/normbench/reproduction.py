@@ -88,11 +88,12 @@ def machines(committed: dict, here: dict) -> str:
              for records in (committed, here)]
     if not all(kinds):
         return ""
-    if kinds[0] == kinds[1]:
-        return (f" HEAD's cells ran on the same kind of machine ({'; '.join(kinds[1])}): a "
-                "difference the CPU pins do not cover (docs/reproducibility.md).")
-    return (f" HEAD's cells ran on {'; '.join(kinds[0])}, this machine's on "
-            f"{'; '.join(kinds[1])}: another kind of machine gives other bytes.")
+    head, ours = ("; ".join(f"`{k}`" for k in side) for side in kinds)
+    if kinds[0] != kinds[1]:
+        return f" HEAD's cells ran on {head}, this machine's on {ours}: another kind of machine."
+    beyond = ("GPU results are recorded, not pinned" if any(" cuda " in k for k in kinds[1])
+              else "a difference the CPU pins do not cover (docs/reproducibility.md)")
+    return f" HEAD's cells ran on the same kind of machine, {ours}: {beyond}."
 
 
 def verdict(committed_lock: dict, lock: dict, committed_metrics: dict, metrics: dict) -> str:

@@ -7,10 +7,11 @@ it only if everything that decides what it learns matches the reference run's:
 - its train stage's code and data: the dependency hashes that the run's own ``dvc.lock`` records
   for the cell;
 - how it ran: device kind, precision and compile mode as resolved (``execution`` in its metrics),
-  and on what kind of machine (``ran_on``: torch and torchvision versions, the CPU's pinned vector
-  width and thread count or the GPU's name; normbench.machine). The CPU's model is not part of
-  it: the train stage pins what made two x86-64 CPUs differ. A run that recorded no ``ran_on``
-  (older code) matches none that did.
+  and on what kind of machine (``ran_on``: torch and torchvision versions, the CPU's maker,
+  pinned vector width and thread count, or the GPU's name; normbench.machine). The CPU's model
+  is not part of it: the train stage pins what made two x86-64 CPUs of one maker differ, and
+  two makers' CPUs differ however pinned. A run that recorded no ``ran_on``, or one without
+  the maker (older code), matches none that did.
 
 A cell whose ``dvc.lock`` entry disagrees with the run's params.yaml (params edited without
 ``dvc repro``), or that has no entry, is stale and left out. Every left-out cell is listed with
