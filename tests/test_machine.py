@@ -19,8 +19,7 @@ import yaml
 from conftest import ROOT, TINY_MODEL, run_stage
 
 from normbench.machine import (CPU_THREADS, cpu_flags, cpu_model, cpu_vendor, details,
-                               native_vector_width,
-                               pin_cpu, pinned_env, ran_on)
+                               native_vector_width, pin_cpu, pinned_env, ran_on)
 
 CELL = f"{TINY_MODEL}-digits-223"
 OUTPUTS = ("metrics", "plots", "predictions", "checkpoints", "weightdist")
