@@ -41,24 +41,24 @@ PINNED_ISA_FLAGS = {"avx2", "fma"}  # /proc/cpuinfo flags that ATen's and oneDNN
 MKL_BRANCH = "COMPATIBLE"
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags (Linux); empty where the file does not exist."""
+def cpuinfo_field(keys: tuple[str, ...], cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The value of the first line of /proc/cpuinfo (Linux) that starts with one of ``keys``;
+    empty where there is none or the file does not exist."""
     try:
-        text = cpuinfo.read_text()
+        lines = cpuinfo.read_text().splitlines()
     except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
+        return ""
+    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(keys)), "")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (x86's ``flags``, Arm's ``Features``); empty where not known."""
+    return set(cpuinfo_field(("flags", "Features"), cpuinfo).split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name, or the architecture where it is not known."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return platform.machine()
-    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
-    return line.partition(":")[2].strip() or platform.machine()
+    return cpuinfo_field(("model name",), cpuinfo) or platform.machine()
 
 
 UNKNOWN_MAKER = "maker-unknown"
@@ -69,13 +69,8 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's maker as the CPU names itself: x86's ``vendor_id`` (``GenuineIntel``,
     ``AuthenticAMD``), an Arm CPU's implementer code (``arm-0x41``), or ``maker-unknown`` where
     /proc/cpuinfo says neither (or does not exist): never pooled with a known maker."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
-        return UNKNOWN_MAKER
     for key, prefix in (("vendor_id", ""), ("CPU implementer", "arm-")):
-        value = next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), "")
-        if value:
+        if value := cpuinfo_field((key,), cpuinfo):
             return prefix + value
     return UNKNOWN_MAKER
 
