@@ -16,10 +16,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from normbench import startshare
 from normbench.eta import Eta
 from normbench.machine import CPU_THREADS
 from normbench.registry import ConfigError
@@ -239,6 +241,17 @@ class Watch:
                        for n, t in self.tasks.items())
             print(f"  {self.eta.line(min(self.jobs, left))}", flush=True)
 
+    def made(self, name: str, stage: str) -> bool:
+        """Whether experiment ``name`` has made ``stage`` (its log says so) or has ended; not
+        while it is held back or queued."""
+        task = self.tasks.get(name)
+        if task is None or task.status == "Queued":
+            return name not in self.names  # not this run's: ended before it
+        if task.status != "Running" or self.is_lost(name):
+            return True
+        return bool(task.log and task.log.is_file()
+                    and startshare.made(task.log.read_text(errors="replace"), stage))
+
     def outcomes(self, forgotten: list[str]) -> dict[str, str]:
         """{name: done | failed: <log>}; ``forgotten``: the lost ones, taken off the queue."""
         again = (" (its queue worker was killed; run the same command again: its finished "
@@ -249,13 +262,18 @@ class Watch:
 
 
 def run_local(repo: Path, experiments: list[Experiment], jobs: int,
-              poll_s: float = 2.0, eta: Eta | None = None) -> dict[str, str]:
+              poll_s: float = 2.0, eta: Eta | None = None,
+              waits: Mapping[str, list[tuple[str, str]]] | None = None) -> dict[str, str]:
     """Queue the experiments and run them with ``jobs`` workers; {name: done | failed: <log>}.
 
     Experiments still queued or running from an interrupted study are waited for, not queued
     twice; those a killed worker left are queued again. Ctrl-C stops this study's running
     experiments and unqueues the rest; cells that finished stay in DVC's run-cache, so the next
     run restores them instead of training.
+
+    ``waits`` (:func:`normbench.startshare.waits`): an experiment named there is queued once
+    each (experiment, start stage) it waits for has been made, or that experiment has ended,
+    so that it restores the start instead of training it a second time beside it.
     """
     names = [e.name for e in experiments]
     tasks = queue_tasks(repo)
@@ -274,16 +292,33 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
         if eta is not None:
             eta.end(name)
     names = [n for n in names if n not in ended]
-    for exp in experiments:
-        if exp.name in names and exp.name not in active:
-            run_dvc(repo, "exp", "run", "--queue", "--name", exp.name, *exp.set_args())
+    held = {n: list(w) for n, w in (waits or {}).items() if n in names and n not in active}
+    for name, pairs in held.items():
+        print(f"  {name}: waits for {', '.join(f'{s} of {e}' for e, s in pairs)} (one "
+              "training per start)", flush=True)
+    to_queue = {e.name: e for e in experiments if e.name in names and e.name not in active}
+    for name, exp in to_queue.items():
+        if name not in held:
+            run_dvc(repo, "exp", "run", "--queue", "--name", name, *exp.set_args())
     done = dict.fromkeys(sorted(ended), "done")
     if not names:
         return done
     watch = Watch(repo, names, jobs, eta=eta)
+
+    def poll() -> bool:
+        ended_all = watch.poll()
+        ready = [n for n, pairs in held.items() if all(watch.made(e, s) for e, s in pairs)]
+        for name in ready:
+            del held[name]
+            run_dvc(repo, "exp", "run", "--queue", "--name", name, *to_queue[name].set_args())
+            print(f"  {name}: queued (its start is made)", flush=True)
+        if ready:  # a worker that found the queue empty has exited: one per job again
+            start_queue(repo, jobs)
+        return ended_all and not held and not ready  # a task just queued is not ended
+
     try:
         start_queue(repo, jobs)
-        follow(watch.poll, poll_s)
+        follow(poll, poll_s)
     except KeyboardInterrupt:
         stop_local(repo, names)
         stop_idle_workers(repo, ours=names)

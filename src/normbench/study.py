@@ -148,10 +148,14 @@ def main(argv: list[str] | None = None) -> None:
         run(repo, experiments, args)
 
 
+def exp_params(repo: Path, exp: Experiment) -> dict:
+    """The params ``exp`` runs with: the repository's, with its ``-S`` overrides."""
+    return apply_sets(load_params(repo / "params.yaml"), list(exp.params))
+
+
 def cell_count(repo: Path, exp: Experiment) -> int:
     """How many cells (model x dataset x seed) ``exp`` trains."""
-    params = apply_sets(load_params(repo / "params.yaml"), list(exp.params))
-    return len(Grid.from_params(params).cells())
+    return len(Grid.from_params(exp_params(repo, exp)).cells())
 
 
 def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> None:
@@ -175,14 +179,16 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
     outcomes = {}
     try:
         if todo and args.executor == "local":
-            from normbench import gpushare
+            from normbench import gpushare, startshare
 
             share = gpushare.for_this_gpu()
             with gpushare.sharing(repo, jobs, share.mps) as mps:
                 if share.why:
                     print(f"study: cells per GPU: {share.why}{'; MPS on' if mps else ''}",
                           flush=True)
-                outcomes = run_local(repo, todo, jobs, eta=eta)
+                waits = startshare.waits({e.name: startshare.start_stages(exp_params(repo, e))
+                                          for e in todo})
+                outcomes = run_local(repo, todo, jobs, eta=eta, waits=waits)
         elif todo:
             from normbench.cluster import run_on_slurm
 

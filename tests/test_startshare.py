@@ -1,0 +1,170 @@
+"""One pretraining per start: which experiments wait, what DVC's log says about a start, the
+local executor holding an experiment back until its start is made, and `make study` on two
+queue workers training a shared pretrained start once."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_MODEL, copy_project, sh
+
+from normbench import dvcqueue, startshare
+from normbench.study import apply_sets, plan
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def starts_of(exps, params=PARAMS) -> dict:
+    return {e.name: startshare.start_stages(apply_sets(copy.deepcopy(params), list(e.params)))
+            for e in exps}
+
+
+def sh_env(repo: Path, env: dict, *cmd: str) -> str:
+    """``sh`` with an environment of its own."""
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_the_first_experiment_to_train_a_start_trains_it_and_only_a_trained_start_waits():
+    exps = plan(["pretraining", "dataset", "minmax"], ["scratch", "imagenet", "pretrained"], [1],
+                pretrain_norms=["dataset", "minmax"])
+    pre = {p: [e.name for e in exps if e.pretrain == p] for p in ("dataset", "minmax")}
+    stage = f"start@{PARAMS['models'][0]}"
+    # Each pretraining norm is its own start: its first experiment trains it, the two others
+    # (other fine-tuning norms) wait for that one; scratch and ImageNet starts train nothing.
+    assert startshare.waits(starts_of(exps)) == {
+        name: [(names[0], stage)] for names in pre.values() for name in names[1:]}
+    # Another pretraining seed is another start; so is another model (two stages, one each).
+    other = plan(["dataset"], ["pretrained"], [1], ["start.pretrained.seed=5"])
+    assert startshare.waits(starts_of([exps[-1], *other])) == {}
+    two = plan(["dataset", "minmax"], ["pretrained"], [1], ["models=[resnet18,smallcnn]"])
+    assert startshare.waits(starts_of(two)) == {
+        two[1].name: [(two[0].name, "start@resnet18"), (two[0].name, "start@smallcnn")]}
+    # Seeds of the fine-tuning do not change the start: one experiment per seed shares it.
+    split = plan(["dataset"], ["pretrained"], [1, 2], split_seeds=True)
+    assert startshare.waits(starts_of(split)) == {split[1].name: [(split[0].name, stage)]}
+
+
+RUN = "Running stage 'start@resnet18':\n> python stages/start.py --model resnet18\n"
+NEXT = "Updating lock file 'dvc.lock'\n\nRunning stage 'train@resnet18-shapes-1':\n"
+
+
+@pytest.mark.parametrize("log, made", [
+    ("", False),
+    (RUN + "  pretraining epoch 1/4\n", False),  # still training it
+    (RUN + NEXT, True),  # DVC saved it to the run-cache before the next stage
+    ("Stage 'start@resnet18' is cached - skipping run, checking out outputs\n", True),
+    ("Stage 'start@resnet18' didn't change, skipping\n", True),
+    ("Running stage 'start@smallcnn':\n" + NEXT, False),  # another model's start
+    (RUN.replace("resnet18", "resnet18x") + NEXT, False),  # names match whole
+    ("ERROR: Stage 'start@resnet18' not found inside 'dvc.yaml' file\n" + NEXT, False),
+])
+def test_a_start_is_made_once_dvcs_log_has_moved_past_it(log, made):
+    assert startshare.made(log, "start@resnet18") is made
+
+
+def test_the_executor_holds_an_experiment_back_until_its_start_is_made(tmp_path, monkeypatch):
+    lead, late, free = plan(["dataset", "minmax", "none"], ["pretrained"], [1])
+    log = tmp_path / "lead.log"
+    # What DVC's queue shows at each poll: (lead's status, lead's log, late's status).
+    polls = iter([("Running", RUN, None), ("Running", RUN + "  pretraining epoch 1/4\n", None),
+                  ("Running", RUN + NEXT, None), ("Success", RUN + NEXT, "Running"),
+                  ("Success", RUN + NEXT, "Success")])
+    state = {}
+
+    def queue_tasks(repo):
+        status = {lead.name: state["lead"], free.name: state["lead"] and "Success",
+                  late.name: state["late"]}
+        return {n: dvcqueue.Task(n, s, f"r-{n}", log if n == lead.name else None)
+                for n, s in status.items() if s}
+
+    def poll_until(poll, poll_s):
+        for lead_status, text, late_status in polls:
+            state.update(lead=lead_status, late=late_status)
+            log.write_text(text)
+            events.append(("poll", queued.copy()))
+            if poll():
+                return
+        pytest.fail("the executor never saw every experiment end")
+
+    queued, started, events = [], [], []
+    state.update(lead=None, late=None)  # nothing on the queue before the executor
+    monkeypatch.setattr(dvcqueue, "queue_tasks", queue_tasks)
+    monkeypatch.setattr(dvcqueue, "experiment_names", lambda repo: set())
+    monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: started.append(jobs))
+    monkeypatch.setattr(dvcqueue, "follow", poll_until)
+    monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [1])
+    monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
+    monkeypatch.setattr(dvcqueue, "run_dvc",
+                        lambda repo, *args: queued.append(args[args.index("--name") + 1]))
+    waits = {late.name: [(lead.name, "start@resnet18")]}
+    outcomes = dvcqueue.run_local(tmp_path, [lead, late, free], 2, waits=waits)
+    assert outcomes == dict.fromkeys((lead.name, late.name, free.name), "done")
+    # Queued at once: the one that trains the start, and one with nothing to wait for; the
+    # other once the log shows the start made (the third poll), with a worker started for it.
+    assert [q for _, q in events] == [[lead.name, free.name]] * 3 + [[lead.name, free.name,
+                                                                      late.name]] * 2
+    assert started == [2, 2]
+
+
+def test_a_held_experiment_is_queued_when_the_one_it_waits_for_fails_first(tmp_path,
+                                                                         monkeypatch):
+    lead, late = plan(["dataset", "minmax"], ["pretrained"], [1])
+    states = iter([{lead.name: "Running"}, {lead.name: "Failed"},
+                   {lead.name: "Failed", late.name: "Success"}])
+    current = {}
+    queued = []
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {
+        n: dvcqueue.Task(n, s, f"r-{n}") for n, s in current.items()})
+    monkeypatch.setattr(dvcqueue, "experiment_names", lambda repo: set())
+    monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: None)
+    monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [1])
+    monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
+    monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
+    monkeypatch.setattr(dvcqueue, "run_dvc",
+                        lambda repo, *args: queued.append(args[args.index("--name") + 1]))
+
+    def poll_until(poll, poll_s):
+        for state in states:
+            current.clear()
+            current.update(state)
+            if poll():
+                return
+        pytest.fail("the executor never saw every experiment end")
+
+    monkeypatch.setattr(dvcqueue, "follow", poll_until)
+    outcomes = dvcqueue.run_local(tmp_path, [lead, late], 2,
+                                  waits={late.name: [(lead.name, "start@resnet18")]})
+    assert queued == [lead.name, late.name]  # trains the start itself: no start was made
+    assert outcomes[late.name] == "done" and outcomes[lead.name].startswith("failed")
+
+
+@pytest.mark.slow
+def test_a_study_on_two_workers_pretrains_a_shared_start_once(reproduced_tiny_project, tmp_path):
+    repo = tmp_path / "repo"
+    copy_project(reproduced_tiny_project, repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["start"]["pretrained"]["data"] = {"images_per_class": 6, "test_fraction": 0.25,
+                                             "seed": 0}
+    params["start"]["pretrained"]["train"].update(epochs=1, batch_size=16, val_fraction=0.25)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "commit", "-qam", "a small pretraining")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCH_HOME": str(repo / "torch"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = sh_env(repo, env, sys.executable, "-m", "normbench.study", "--weights", "pretrained",
+                 "--norms", "dataset", "minmax", "--seeds", "223", "--jobs", "2")
+    lead, late = plan(["dataset", "minmax"], ["pretrained"], [223])
+    assert f"{late.name}: waits for start@{TINY_MODEL} of {lead.name}" in out, out
+    logs = {e.name: sh(repo, "dvc", "queue", "logs", e.name) for e in (lead, late)}
+    assert f"Running stage 'start@{TINY_MODEL}'" in logs[lead.name], logs[lead.name]
+    # The second restores the first one's start: trained once, not twice side by side.
+    assert f"Stage 'start@{TINY_MODEL}' is cached" in logs[late.name], logs[late.name]
+    assert f"Running stage 'start@{TINY_MODEL}'" not in logs[late.name]
