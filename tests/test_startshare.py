@@ -39,9 +39,14 @@ def test_the_first_experiment_to_train_a_start_trains_it_and_only_a_trained_star
     # (other fine-tuning norms) wait for that one; scratch and ImageNet starts train nothing.
     assert startshare.waits(starts_of(exps)) == {
         name: [(names[0], stage)] for names in pre.values() for name in names[1:]}
-    # Another pretraining seed is another start; so is another model (two stages, one each).
-    other = plan(["dataset"], ["pretrained"], [1], ["start.pretrained.seed=5"])
-    assert startshare.waits(starts_of([exps[-1], *other])) == {}
+    # Another pretraining seed, device, speed or per-model block is another start (the start
+    # stage's params); so is another model (two stages, one each).
+    for other in ("start.pretrained.seed=5", "device=cuda", "speed.amp=none",
+                  f"per_model.{PARAMS['models'][0]}.lr=0.01"):
+        assert startshare.waits(starts_of([*plan(["dataset"], ["pretrained"], [1]),
+                                           *plan(["minmax"], ["pretrained"], [1], [other])])) == {}
+    assert startshare.waits(starts_of([*plan(["dataset"], ["pretrained"], [1]),
+                                       *plan(["minmax"], ["pretrained"], [1], ["lr=9"])])) != {}
     two = plan(["dataset", "minmax"], ["pretrained"], [1], ["models=[resnet18,smallcnn]"])
     assert startshare.waits(starts_of(two)) == {
         two[1].name: [(two[0].name, "start@resnet18"), (two[0].name, "start@smallcnn")]}
@@ -114,15 +119,32 @@ def test_the_executor_holds_an_experiment_back_until_its_start_is_made(tmp_path,
     assert started == [2, 2]
 
 
-def test_a_held_experiment_is_queued_when_the_one_it_waits_for_fails_first(tmp_path,
-                                                                         monkeypatch):
+def test_a_held_experiment_is_queued_when_the_one_it_waits_for_fails_and_followed_to_its_end(
+        tmp_path, monkeypatch, capsys):
     lead, late = plan(["dataset", "minmax"], ["pretrained"], [1])
-    states = iter([{lead.name: "Running"}, {lead.name: "Failed"},
-                   {lead.name: "Failed", late.name: "Success"}])
-    current = {}
-    queued = []
-    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: {
-        n: dvcqueue.Task(n, s, f"r-{n}") for n, s in current.items()})
+    old = dvcqueue.Task(late.name, "Failed", "r-old")  # its try in an earlier study
+    # Each poll's queue: the first fails before it has made the start; the held one is queued
+    # (second poll), then missing from one read (a worker took it between DVC's two lists) while
+    # its old failed task still shows, then runs and ends.
+    polls = iter([{lead.name: "Running", "old": 1}, {lead.name: "Failed", "old": 1},
+                  {lead.name: "Failed", "old": 1}, {lead.name: "Failed", late.name: "Running"},
+                  {lead.name: "Failed", late.name: "Success"}])
+    current, queued, events = {}, [], []
+
+    def queue_tasks(repo):
+        tasks = {n: dvcqueue.Task(n, s, f"r-{n}") for n, s in current.items() if n != "old"}
+        return {late.name: old, **tasks} if current.pop("old", 0) else tasks
+
+    def poll_until(poll, poll_s):
+        for state in polls:
+            current.clear()
+            current.update(state)
+            events.append(queued.copy())
+            if poll():
+                return
+        pytest.fail("the executor never saw every experiment end")
+
+    monkeypatch.setattr(dvcqueue, "queue_tasks", queue_tasks)
     monkeypatch.setattr(dvcqueue, "experiment_names", lambda repo: set())
     monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
     monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: None)
@@ -131,20 +153,36 @@ def test_a_held_experiment_is_queued_when_the_one_it_waits_for_fails_first(tmp_p
     monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
     monkeypatch.setattr(dvcqueue, "run_dvc",
                         lambda repo, *args: queued.append(args[args.index("--name") + 1]))
-
-    def poll_until(poll, poll_s):
-        for state in states:
-            current.clear()
-            current.update(state)
-            if poll():
-                return
-        pytest.fail("the executor never saw every experiment end")
-
     monkeypatch.setattr(dvcqueue, "follow", poll_until)
     outcomes = dvcqueue.run_local(tmp_path, [lead, late], 2,
                                   waits={late.name: [(lead.name, "start@resnet18")]})
-    assert queued == [lead.name, late.name]  # trains the start itself: no start was made
+    # Held while the first ran; queued by the poll that saw it fail (no start was made: it
+    # trains the start itself); followed through the read that missed it, to its own end.
+    assert events == [[lead.name]] * 2 + [[lead.name, late.name]] * 3
     assert outcomes[late.name] == "done" and outcomes[lead.name].startswith("failed")
+    assert f"{late.name}: failed" not in capsys.readouterr().out  # the old try is not this one
+
+
+def test_queueing_is_tried_again_while_a_worker_holds_dvcs_lock(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "dvc"
+    # A dvc that finds the stash busy twice (as a worker starting a task leaves it), then
+    # queues; and one that fails for another reason, at once.
+    fake.write_text("#!/bin/sh\necho x >> " + str(calls) + "\n"
+                    "[ \"$1\" = bad ] && { echo 'ERROR: unexpected error' >&2; exit 255; }\n"
+                    "[ $(wc -l < " + str(calls) + ") -le 2 ] && { echo \"ERROR: "
+                    "'refs/exps/celery/stash' is busy, it is being blocked by:\" >&2; "
+                    "exit 255; }\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    dvcqueue.run_dvc(tmp_path, "exp", "run", "--queue")
+    assert len(calls.read_text().split()) == 3
+    with pytest.raises(dvcqueue.ConfigError, match="unexpected error"):
+        dvcqueue.run_dvc(tmp_path, "bad")
+    assert len(calls.read_text().split()) == 4  # not tried again
+    calls.write_text("")
+    with pytest.raises(dvcqueue.ConfigError, match="is busy"):
+        dvcqueue.run_dvc(tmp_path, "exp", busy_s=0)  # held for longer than it waits
 
 
 @pytest.mark.slow

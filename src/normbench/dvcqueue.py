@@ -80,6 +80,8 @@ LOST_POLLS = 2  # polls in a row that find a task lost before it counts as lost 
                 # and its worker exit, between the two reads of one poll)
 WORKERLESS_POLLS = 3  # polls in a row with work queued and no worker before the queue restarts
 FORGET_TRIES = 5  # reads of DVC's queue before a lost task's removal is given up
+BUSY = re.compile(r"is busy, it is being blocked by|Unable to acquire lock")  # DVC's lock errors
+BUSY_S = 60.0  # how long a dvc command is tried again while a lock it needs is held (s)
 
 
 def queue_tasks(repo: Path) -> dict[str, Task]:
@@ -127,10 +129,22 @@ def experiment_names(repo: Path) -> set[str]:
     return {ref.rsplit("/", 1)[1] for ref in refs}
 
 
-def run_dvc(repo: Path, *args: str) -> None:
-    proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
+def run_dvc(repo: Path, *args: str, busy_s: float = BUSY_S) -> None:
+    """A dvc command, tried again while a queue worker holds a lock it needs (a worker takes
+    DVC's stash lock to start a task, and `dvc exp run --queue` fails at once on it).
+
+    A session of its own: a Ctrl-C in the terminal is the study's to handle, not a reason to
+    kill a command half-way through writing DVC's queue.
+    """
+    deadline = time.monotonic() + busy_s
+    while True:
+        proc = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True,
+                              start_new_session=True)
+        if proc.returncode == 0:
+            return
+        if not BUSY.search(proc.stderr) or time.monotonic() > deadline:
+            raise ConfigError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip()}")
+        time.sleep(1)
 
 
 def usable_cores() -> int:
@@ -171,6 +185,10 @@ class Watch:
     workerless: int = 0  # polls in a row with work queued and no worker alive
     shown: dict[str, str] = field(default_factory=dict)
     eta: Eta | None = None  # cells done / to do and the time left, printed as cells finish
+    seen: dict[str, Task] = field(default_factory=dict)  # the queue as the last poll read it
+    # Names queued while the queue runs: {name: the revision of its task from before (None:
+    # none)}; that task is not this run's, and the name counts once its new task has shown.
+    stale: dict[str, str | None] = field(default_factory=dict)
 
     def is_lost(self, name: str) -> bool:
         return self.lost_polls[name] >= LOST_POLLS
@@ -179,15 +197,24 @@ class Watch:
         """Read the queue, restart it if its workers were killed, show what changed; whether
         every task has ended."""
         tasks, workers = queue_tasks(self.repo), queue_workers(self.repo)
-        self.tasks.update({n: tasks[n] for n in self.names if n in tasks})
+        self.seen = tasks
+        self.tasks.update({n: tasks[n] for n in self.names
+                           if n in tasks and tasks[n].rev != self.stale.get(n)})
         for name, task in self.tasks.items():
             if not self.is_lost(name):  # once lost, for good: no worker will ever take it
                 self.lost_polls[name] = self.lost_polls[name] + 1 if lost(task, workers) else 0
         self._restart_if_workerless(workers)
         self._show()
         self._count()
+        # A task a worker takes between DVC's two lists is in neither read: a name queued
+        # while the queue runs counts only once its task has shown.
         return all(t.status in ("Success", "Failed") or self.is_lost(n)
-                   for n, t in self.tasks.items())
+                   for n, t in self.tasks.items()) and all(n in self.tasks for n in self.stale)
+
+    def expect(self, name: str) -> None:
+        """Follow ``name``, just queued, from its next task on."""
+        self.names.append(name)
+        self.stale[name] = self.seen[name].rev if name in self.seen else None
 
     def _restart_if_workerless(self, workers: list[int]) -> None:
         """Start the queue again when its workers were killed with work still queued.
@@ -243,10 +270,10 @@ class Watch:
 
     def made(self, name: str, stage: str) -> bool:
         """Whether experiment ``name`` has made ``stage`` (its log says so) or has ended; not
-        while it is held back or queued."""
+        while it is queued (nor held back: the caller knows those)."""
         task = self.tasks.get(name)
         if task is None or task.status == "Queued":
-            return name not in self.names  # not this run's: ended before it
+            return name not in self.names  # not followed here: it ended before this run
         if task.status != "Running" or self.is_lost(name):
             return True
         return bool(task.log and task.log.is_file()
@@ -303,18 +330,20 @@ def run_local(repo: Path, experiments: list[Experiment], jobs: int,
     done = dict.fromkeys(sorted(ended), "done")
     if not names:
         return done
-    watch = Watch(repo, names, jobs, eta=eta)
+    watch = Watch(repo, [n for n in names if n not in held], jobs, eta=eta)
 
     def poll() -> bool:
         ended_all = watch.poll()
-        ready = [n for n, pairs in held.items() if all(watch.made(e, s) for e, s in pairs)]
+        ready = [n for n, pairs in held.items()
+                 if all(e not in held and watch.made(e, s) for e, s in pairs)]
         for name in ready:
             del held[name]
             run_dvc(repo, "exp", "run", "--queue", "--name", name, *to_queue[name].set_args())
+            watch.expect(name)
             print(f"  {name}: queued (its start is made)", flush=True)
         if ready:  # a worker that found the queue empty has exited: one per job again
             start_queue(repo, jobs)
-        return ended_all and not held and not ready  # a task just queued is not ended
+        return ended_all and not held and not ready  # a task just queued has not ended
 
     try:
         start_queue(repo, jobs)
