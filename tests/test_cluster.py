@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import FAULT_SEED, ROOT, TINY_MODEL, require_program, tiny_project
 
 from normbench.runs import parse_exp_show, with_cell_records
@@ -202,3 +203,38 @@ def test_a_study_killed_while_its_jobs_wait_and_run_follows_them_again(slurm, tm
     left = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True,
                           text=True).stdout.split()
     assert not set(left) & set(jobs.values()), what  # nothing of the study still in Slurm
+
+
+def test_a_pretrained_study_on_slurm_trains_the_start_its_experiments_share_once(slurm,
+                                                                                  tmp_path):
+    from normbench.runstate import STATE_DIR
+    from normbench.study import plan
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tiny_project(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["start"]["pretrained"]["data"] = {"images_per_class": 6, "test_fraction": 0.25,
+                                             "seed": 0}
+    params["start"]["pretrained"]["train"].update(epochs=1, batch_size=16, val_fraction=0.25)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "a small pretraining"], cwd=repo, check=True)
+    # Two experiments of one pretrained start, on a node with room for both at once.
+    args = ["--executor", "slurm", "--weights", "pretrained", "--norms", "dataset", "minmax",
+            "--seeds", "1", "--set", "train.epochs=1", "--slurm", "cpus_per_task=1",
+            "timeout_min=20"]
+    proc = study(repo, slurm, args)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    first, second = plan(["dataset", "minmax"], ["pretrained"], [1], ["train.epochs=1"])
+    jobs = {name: record["job_id"] for name, record in
+            json.loads((repo / STATE_DIR / "submitted.json").read_text()).items()}
+    assert set(jobs) == {f"start-{first.name}", first.name, second.name}, out
+    logs = {name: next((repo / ".dvc" / "tmp" / "slurm" / "logs" / job).glob("*_log.out"))
+            .read_text() for name, job in jobs.items()}
+    ran = f"Running stage 'start@{TINY_MODEL}'"
+    assert ran in logs[f"start-{first.name}"], logs
+    for name in (first.name, second.name):  # restored from the start job's run-cache record
+        assert f"Stage 'start@{TINY_MODEL}' is cached" in logs[name] and ran not in logs[name]
+    assert exp_cells(repo) == [("norm=dataset weights=pretrained pretrain=dataset", 1),
+                               ("norm=minmax weights=pretrained pretrain=dataset", 1)], out

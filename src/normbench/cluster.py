@@ -7,6 +7,7 @@ repository's cache on the shared filesystem: every cell a job trains lands there
 run-cache record, so nothing is trained twice, and a resubmitted job restores its finished cells.
 The job then pushes its experiment's git ref back to the study repository (`dvc exp push
 --no-cache origin <name>`), where `dvc exp show` and `compare` see it, and removes its clone.
+Experiments that share a pretrained start run after one job that makes it (`make_start`).
 
 Job states come from `squeue` while a job is queued or running, and from submitit's result file
 after: that needs no Slurm accounting database.
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -34,16 +36,33 @@ def _run(*cmd: str, cwd: Path | None = None) -> None:
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def run_experiment(origin: str, commit: str, name: str, set_args: list[str]) -> str:
-    """The job: train one experiment in a clone of its own and send it back to ``origin``."""
+def _clone(origin: str, commit: str, name: str) -> Path:
+    """A clone of ``origin`` at ``commit`` for the job ``name``, its DVC cache the study's."""
     clone = Path(origin) / JOBS_DIR / "clones" / name
     shutil.rmtree(clone, ignore_errors=True)  # what a cancelled earlier try left
     _run("git", "clone", "-q", "--no-checkout", origin, str(clone))
     _run("git", "checkout", "-q", commit, cwd=clone)
     # The study repository's cache holds the cells and their run-cache records: shared.
     _run("dvc", "cache", "dir", "--local", str(Path(origin) / ".dvc" / "cache"), cwd=clone)
+    return clone
+
+
+def run_experiment(origin: str, commit: str, name: str, set_args: list[str]) -> str:
+    """The job: train one experiment in a clone of its own and send it back to ``origin``."""
+    clone = _clone(origin, commit, name)
     _run("dvc", "exp", "run", "--name", name, *set_args, cwd=clone)
     _run("dvc", "exp", "push", "--no-cache", "origin", name, cwd=clone)
+    shutil.rmtree(clone)
+    return name
+
+
+def make_start(origin: str, commit: str, name: str, set_args: list[str],
+               stages: list[str]) -> str:
+    """The job of a start that several experiments share (:mod:`normbench.startshare`): make
+    ``stages`` once, with the params of the first of them, into the shared cache and run-cache;
+    the experiments run after it and restore it. Nothing comes back but the run-cache."""
+    clone = _clone(origin, commit, name)
+    _run("dvc", "exp", "run", *set_args, *stages, cwd=clone)
     shutil.rmtree(clone)
     return name
 
@@ -98,32 +117,66 @@ def job_state(job, queued: dict[str, str]) -> str:
     return "failed"  # gone from the queue without a result: cancelled, killed or timed out
 
 
-def attach_or_submit(repo: Path, commit: str, experiments: list[Experiment], executor) -> dict:
+def start_jobs(waits: Mapping[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    """{experiment: the start stages a job makes before it} from :func:`startshare.waits`:
+    one start job per experiment that others wait for, making every stage they wait for."""
+    stages: dict[str, set[str]] = {}
+    for pairs in waits.values():
+        for first, stage in pairs:
+            stages.setdefault(first, set()).add(stage)
+    return {first: sorted(s) for first, s in stages.items()}
+
+
+def start_job_name(experiment: str) -> str:
+    return f"start-{experiment}"
+
+
+def attach_or_submit(repo: Path, commit: str, experiments: list[Experiment], executor,
+                     waits: Mapping[str, list[tuple[str, str]]] | None = None,
+                     dependency: str | None = None) -> dict:
     """{name: submitit job}: the job a killed earlier study submitted for this commit, while
-    Slurm still has it queued or running; a new job for every other experiment, recorded in
-    :class:`Submitted` the moment it is submitted."""
+    Slurm still has it queued or running; a new job for every other one, recorded in
+    :class:`Submitted` the moment it is submitted.
+
+    Experiments that share a start (``waits``) run after one start job that makes it (Slurm's
+    ``afterany``: were it to fail, they would make it themselves), named ``start-<the first
+    experiment>``, instead of each training it at the same time. ``dependency``: the user's
+    own ``slurm_dependency``, kept beside it.
+    """
     from submitit import SlurmJob
 
     submitted = Submitted(repo)
-    earlier = {e.name: submitted.job_id(e.name, commit) for e in experiments}
+    starts = start_jobs(waits or {})
+    by_name = {e.name: e for e in experiments}
+    work = [(start_job_name(first), make_start, [by_name[first].set_args(), stages], [])
+            for first, stages in starts.items()]
+    for exp in experiments:
+        firsts = {exp.name, *(first for first, _ in (waits or {}).get(exp.name, []))}
+        work.append((exp.name, run_experiment, [exp.set_args()],
+                     [start_job_name(f) for f in sorted(firsts & set(starts))]))
+    earlier = {name: submitted.job_id(name, commit) for name, *_ in work}
     alive = _queue_states([j for j in earlier.values() if j])
     jobs = {}
-    for exp in experiments:
-        if earlier[exp.name] in alive:
-            jobs[exp.name] = SlurmJob(folder=repo / JOBS_DIR / "logs" / "%j",
-                                      job_id=earlier[exp.name])
-            print(f"  {exp.name} (job {earlier[exp.name]}): followed again, not resubmitted",
+    for name, fn, args, after in work:
+        if earlier[name] in alive:
+            jobs[name] = SlurmJob(folder=repo / JOBS_DIR / "logs" / "%j", job_id=earlier[name])
+            print(f"  {name} (job {earlier[name]}): followed again, not resubmitted",
                   flush=True)
             continue
-        jobs[exp.name] = executor.submit(run_experiment, str(repo), commit, exp.name,
-                                         exp.set_args())
-        submitted.record(exp.name, commit, jobs[exp.name].job_id)
+        ids = [jobs[a].job_id for a in after]
+        ours = f"afterany:{':'.join(ids)}" if ids else None
+        executor.update_parameters(
+            slurm_dependency=",".join(d for d in (dependency, ours) if d) or None)
+        jobs[name] = executor.submit(fn, str(repo), commit, name, *args)
+        submitted.record(name, commit, jobs[name].job_id)
     return jobs
 
 
 def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
-                 poll_s: float = 5.0) -> dict[str, str]:
-    """Submit one job per experiment and follow them; {name: done | failed: <log path>}.
+                 poll_s: float = 5.0, waits: Mapping[str, list[tuple[str, str]]] | None = None
+                 ) -> dict[str, str]:
+    """Submit one job per experiment (and per shared start, see :func:`attach_or_submit`) and
+    follow them; {experiment: done | failed: <log path>}.
 
     Jobs that a killed earlier study left queued or running are followed, not submitted again.
     Ctrl-C cancels the jobs (scancel); cells they finished stay in the shared cache.
@@ -139,7 +192,8 @@ def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    jobs = attach_or_submit(repo, commit, experiments, executor)
+    jobs = attach_or_submit(repo, commit, experiments, executor, waits,
+                            params.get("slurm_dependency"))
     states: dict[str, str] = {}
 
     def poll() -> bool:
@@ -161,4 +215,4 @@ def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
         raise
     return {name: "done" if state == "done" else
             f"failed: {jobs[name].paths.stdout} (errors: {jobs[name].paths.stderr})"
-            for name, state in states.items()}
+            for name, state in states.items() if name in {e.name for e in experiments}}

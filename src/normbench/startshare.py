@@ -3,9 +3,10 @@ the first of them to have trained it.
 
 The ``start`` stage of ``weights: pretrained`` trains a model on the source (several times a
 cell's work). Experiments that differ only in the fine-tuning norm run it with the same params,
-so two of them on two queue workers would each train it, side by side. Held back until the
-first has trained it, the others find it in DVC's run-cache (shared by every experiment of the
-repository, written the moment the stage ends) and restore it instead.
+so two of them on two queue workers (or two Slurm jobs) would each train it, side by side. Held
+back until the first has trained it (on Slurm: until one start job has), the others find it in
+DVC's run-cache (shared by every experiment of the repository, written the moment the stage
+ends) and restore it instead.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from normbench import startshare
 from normbench.config import SpeedConfig, load_params, require
 from normbench.eta import Eta
 from normbench.grid import Grid, cell_name, check_per_model
@@ -178,21 +179,21 @@ def run(repo: Path, experiments: list[Experiment], args: argparse.Namespace) -> 
     print(f"study: {eta.line(jobs)}", flush=True)
     outcomes = {}
     try:
+        waits = startshare.waits({e.name: startshare.start_stages(exp_params(repo, e))
+                                  for e in todo})
         if todo and args.executor == "local":
-            from normbench import gpushare, startshare
+            from normbench import gpushare
 
             share = gpushare.for_this_gpu()
             with gpushare.sharing(repo, jobs, share.mps) as mps:
                 if share.why:
                     print(f"study: cells per GPU: {share.why}{'; MPS on' if mps else ''}",
                           flush=True)
-                waits = startshare.waits({e.name: startshare.start_stages(exp_params(repo, e))
-                                          for e in todo})
                 outcomes = run_local(repo, todo, jobs, eta=eta, waits=waits)
         elif todo:
             from normbench.cluster import run_on_slurm
 
-            outcomes = run_on_slurm(repo, todo, args.slurm)
+            outcomes = run_on_slurm(repo, todo, args.slurm, waits=waits)
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # the executor has stopped its jobs and said how to resume
     failed = {n: o for n, o in outcomes.items() if o != "done"}
