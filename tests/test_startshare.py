@@ -73,94 +73,82 @@ def test_a_start_is_made_once_dvcs_log_has_moved_past_it(log, made):
     assert startshare.made(log, "start@resnet18") is made
 
 
-def test_the_executor_holds_an_experiment_back_until_its_start_is_made(tmp_path, monkeypatch):
-    lead, late, free = plan(["dataset", "minmax", "none"], ["pretrained"], [1])
-    log = tmp_path / "lead.log"
-    # What DVC's queue shows at each poll: (lead's status, lead's log, late's status).
-    polls = iter([("Running", RUN, None), ("Running", RUN + "  pretraining epoch 1/4\n", None),
-                  ("Running", RUN + NEXT, None), ("Success", RUN + NEXT, "Running"),
-                  ("Success", RUN + NEXT, "Success")])
-    state = {}
+def fake_queue(monkeypatch, polls: list[dict]) -> tuple[list, list, list]:
+    """DVC's queue as ``run_local`` reads it, ``polls[i]`` ({name: Task}) at its i-th poll
+    (empty before): (names queued, the names queued as each poll began, workers started)."""
+    queued, events, started, now = [], [], [], {}
 
-    def queue_tasks(repo):
-        status = {lead.name: state["lead"], free.name: state["lead"] and "Success",
-                  late.name: state["late"]}
-        return {n: dvcqueue.Task(n, s, f"r-{n}", log if n == lead.name else None)
-                for n, s in status.items() if s}
-
-    def poll_until(poll, poll_s):
-        for lead_status, text, late_status in polls:
-            state.update(lead=lead_status, late=late_status)
-            log.write_text(text)
-            events.append(("poll", queued.copy()))
+    def follow(poll, poll_s):
+        for tasks in polls:
+            now.clear()
+            now.update(tasks)
+            events.append(queued.copy())
             if poll():
                 return
         pytest.fail("the executor never saw every experiment end")
 
-    queued, started, events = [], [], []
-    state.update(lead=None, late=None)  # nothing on the queue before the executor
-    monkeypatch.setattr(dvcqueue, "queue_tasks", queue_tasks)
+    monkeypatch.setattr(dvcqueue, "queue_tasks", lambda repo: dict(now))
+    monkeypatch.setattr(dvcqueue, "follow", follow)
+    monkeypatch.setattr(dvcqueue, "run_dvc",
+                        lambda repo, *args: queued.append(args[args.index("--name") + 1]))
+    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: started.append(jobs))
     monkeypatch.setattr(dvcqueue, "experiment_names", lambda repo: set())
     monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
-    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: started.append(jobs))
-    monkeypatch.setattr(dvcqueue, "follow", poll_until)
     monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [1])
     monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
     monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
-    monkeypatch.setattr(dvcqueue, "run_dvc",
-                        lambda repo, *args: queued.append(args[args.index("--name") + 1]))
-    waits = {late.name: [(lead.name, "start@resnet18")]}
-    outcomes = dvcqueue.run_local(tmp_path, [lead, late, free], 2, waits=waits)
-    assert outcomes == dict.fromkeys((lead.name, late.name, free.name), "done")
+    return queued, events, started
+
+
+def tasks(log_dir: Path, **by_name: str | tuple[str, str]) -> dict:
+    """{name: Task} from name=status, or name=(status, its log so far)."""
+    out = {}
+    for name, state in by_name.items():
+        status, text = state if isinstance(state, tuple) else (state, None)
+        log = None
+        if text is not None:
+            log = log_dir / f"{name}-{len(text)}.log"
+            log.write_text(text)
+        out[name] = dvcqueue.Task(name, status, f"r-{name}", log)
+    return out
+
+
+def test_the_executor_holds_an_experiment_back_until_its_start_is_made(tmp_path, monkeypatch):
+    lead, late, free = plan(["dataset", "minmax", "none"], ["pretrained"], [1])
+    a, b, c = lead.name, late.name, free.name
+    queued, events, started = fake_queue(monkeypatch, [
+        tasks(tmp_path, **{a: ("Running", RUN), c: "Success"}),
+        tasks(tmp_path, **{a: ("Running", RUN + "  pretraining epoch 1/4\n"), c: "Success"}),
+        tasks(tmp_path, **{a: ("Running", RUN + NEXT), c: "Success"}),
+        tasks(tmp_path, **{a: "Success", b: "Running", c: "Success"}),
+        tasks(tmp_path, **{a: "Success", b: "Success", c: "Success"})])
+    outcomes = dvcqueue.run_local(tmp_path, [lead, late, free], 2,
+                                  waits={b: [(a, "start@resnet18")]})
+    assert outcomes == dict.fromkeys((a, b, c), "done")
     # Queued at once: the one that trains the start, and one with nothing to wait for; the
     # other once the log shows the start made (the third poll), with a worker started for it.
-    assert [q for _, q in events] == [[lead.name, free.name]] * 3 + [[lead.name, free.name,
-                                                                      late.name]] * 2
+    assert events == [[a, c]] * 3 + [[a, c, b]] * 2
     assert started == [2, 2]
 
 
 def test_a_held_experiment_is_queued_when_the_one_it_waits_for_fails_and_followed_to_its_end(
         tmp_path, monkeypatch, capsys):
     lead, late = plan(["dataset", "minmax"], ["pretrained"], [1])
-    old = dvcqueue.Task(late.name, "Failed", "r-old")  # its try in an earlier study
-    # Each poll's queue: the first fails before it has made the start; the held one is queued
-    # (second poll), then missing from one read (a worker took it between DVC's two lists) while
-    # its old failed task still shows, then runs and ends.
-    polls = iter([{lead.name: "Running", "old": 1}, {lead.name: "Failed", "old": 1},
-                  {lead.name: "Failed", "old": 1}, {lead.name: "Failed", late.name: "Running"},
-                  {lead.name: "Failed", late.name: "Success"}])
-    current, queued, events = {}, [], []
-
-    def queue_tasks(repo):
-        tasks = {n: dvcqueue.Task(n, s, f"r-{n}") for n, s in current.items() if n != "old"}
-        return {late.name: old, **tasks} if current.pop("old", 0) else tasks
-
-    def poll_until(poll, poll_s):
-        for state in polls:
-            current.clear()
-            current.update(state)
-            events.append(queued.copy())
-            if poll():
-                return
-        pytest.fail("the executor never saw every experiment end")
-
-    monkeypatch.setattr(dvcqueue, "queue_tasks", queue_tasks)
-    monkeypatch.setattr(dvcqueue, "experiment_names", lambda repo: set())
-    monkeypatch.setattr(dvcqueue, "forget", lambda *a, **k: [])
-    monkeypatch.setattr(dvcqueue, "start_queue", lambda repo, jobs: None)
-    monkeypatch.setattr(dvcqueue, "queue_workers", lambda repo: [1])
-    monkeypatch.setattr(dvcqueue, "stop_idle_workers", lambda *a, **k: [])
-    monkeypatch.setattr(dvcqueue, "prune_logs", lambda repo: None)
-    monkeypatch.setattr(dvcqueue, "run_dvc",
-                        lambda repo, *args: queued.append(args[args.index("--name") + 1]))
-    monkeypatch.setattr(dvcqueue, "follow", poll_until)
-    outcomes = dvcqueue.run_local(tmp_path, [lead, late], 2,
-                                  waits={late.name: [(lead.name, "start@resnet18")]})
+    a, b = lead.name, late.name
+    old = {b: dvcqueue.Task(b, "Failed", "r-old")}  # its try in an earlier study
+    # The first fails before it has made the start; the held one is queued (second poll), then
+    # missing from one read (a worker took it between DVC's two lists) while its old failed
+    # task still shows, then runs and ends.
+    queued, events, _ = fake_queue(monkeypatch, [
+        {**old, **tasks(tmp_path, **{a: "Running"})}, {**old, **tasks(tmp_path, **{a: "Failed"})},
+        {**old, **tasks(tmp_path, **{a: "Failed"})}, tasks(tmp_path, **{a: "Failed", b: "Running"}),
+        tasks(tmp_path, **{a: "Failed", b: "Success"})])
+    outcomes = dvcqueue.run_local(tmp_path, [lead, late], 2, waits={b: [(a, "start@resnet18")]})
     # Held while the first ran; queued by the poll that saw it fail (no start was made: it
     # trains the start itself); followed through the read that missed it, to its own end.
-    assert events == [[lead.name]] * 2 + [[lead.name, late.name]] * 3
-    assert outcomes[late.name] == "done" and outcomes[lead.name].startswith("failed")
-    assert f"{late.name}: failed" not in capsys.readouterr().out  # the old try is not this one
+    assert events == [[a]] * 2 + [[a, b]] * 3
+    assert outcomes[b] == "done" and outcomes[a].startswith("failed")
+    assert f"{b}: failed" not in capsys.readouterr().out  # the old try is not this one
 
 
 def test_queueing_is_tried_again_while_a_worker_holds_dvcs_lock(tmp_path, monkeypatch):
