@@ -1,5 +1,6 @@
 """The run state of a study: one study per repository, and the record of submitted jobs."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -83,17 +84,70 @@ def test_jobs_still_queued_or_running_are_followed_and_the_rest_submitted(tmp_pa
 
     submitted = []
 
-    class Executor:
-        def submit(self, fn, repo, commit, name, args):
-            submitted.append(name)
-            return Job(str(200 + len(submitted)))
+    def submit(after, fn, repo, commit, name, args):
+        submitted.append(name)
+        return Job(str(200 + len(submitted)))
 
-    jobs = cluster.attach_or_submit(tmp_path, "c1", exps, Executor())
+    jobs = cluster.attach_or_submit(tmp_path, "c1", exps, submit)
     assert submitted == [exps[1].name, exps[2].name]
     assert jobs[exps[0].name].job_id == "101"
     assert Submitted(tmp_path).jobs == {exps[0].name: {"commit": "c1", "job_id": "101"},
                                         exps[1].name: {"commit": "c1", "job_id": "201"},
                                         exps[2].name: {"commit": "c1", "job_id": "202"}}
+
+
+
+def test_experiments_of_one_start_run_after_one_start_job_and_the_others_after_none(
+        tmp_path, monkeypatch):
+    from normbench.study import plan
+
+    first, second = plan(["dataset", "minmax"], ["pretrained"], [1])
+    scratch = plan(["dataset"], ["scratch"], [1])[0]
+    waits = {second.name: [(first.name, "start@resnet18"), (first.name, "start@smallcnn")]}
+    alive = {}
+    monkeypatch.setattr(cluster, "_queue_states", lambda ids: {i: "RUNNING" for i in ids
+                                                               if i in alive})
+    submitted, ids = [], itertools.count(301)
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    def submit(after, fn, repo, commit, name, *args):
+        submitted.append((name, fn.__name__, after, args))
+        return Job(str(next(ids)))
+
+    start = f"start-{first.name}"
+    jobs = cluster.attach_or_submit(tmp_path, "c1", [first, second, scratch], submit, waits)
+    # One start job, first, making both stages with the first experiment's params; both of its
+    # experiments after it; the scratch one after nothing (no dependency carried over).
+    assert submitted == [
+        (start, "make_start", [], (first.set_args(), ["start@resnet18", "start@smallcnn"])),
+        (first.name, "run_experiment", ["301"], (first.set_args(),)),
+        (second.name, "run_experiment", ["301"], (second.set_args(),)),
+        (scratch.name, "run_experiment", [], (scratch.set_args(),))]
+    assert set(jobs) == {start, first.name, second.name, scratch.name}
+    # A killed study, again: the start job and the first are still queued, the second is not.
+    alive.update({"301": 1, "302": 1})
+    submitted.clear()
+    jobs = cluster.attach_or_submit(tmp_path, "c1", [first, second], submit, waits)
+    assert submitted == [(second.name, "run_experiment", ["301"], (second.set_args(),))]
+    # Every experiment of the start followed again, the start job gone: none is submitted.
+    alive.clear()
+    alive.update({"302": 1, "305": 1})
+    submitted.clear()
+    cluster.attach_or_submit(tmp_path, "c1", [first, second], submit, waits)
+    assert submitted == []
+
+
+def test_a_job_runs_after_its_start_job_and_the_users_own_dependency():
+    assert cluster.dependency(None, []) is None
+    assert cluster.dependency(None, ["7", "8"]) == "afterany:7:8"
+    assert cluster.dependency("afterok:5", ["7"]) == "afterok:5,afterany:7"
+    assert cluster.dependency(12345, []) == "12345"  # YAML reads a bare job id as a number
+    with pytest.raises(ConfigError, match=r"uses '\?' \(any of\).*use ','"):
+        cluster.dependency("afterok:5?afterok:6", ["7"])
+    assert cluster.dependency("afterok:5?afterok:6", []) == "afterok:5?afterok:6"
 
 
 LINGERING = """

@@ -19,8 +19,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -131,44 +132,53 @@ def start_job_name(experiment: str) -> str:
     return f"start-{experiment}"
 
 
-def attach_or_submit(repo: Path, commit: str, experiments: list[Experiment], executor,
-                     waits: Mapping[str, list[tuple[str, str]]] | None = None,
-                     dependency: str | None = None) -> dict:
+def dependency(own: object, after: list[str]) -> str | None:
+    """Slurm's ``--dependency`` of a job: the user's own ``slurm_dependency`` and, after the
+    jobs ``after`` whatever their end (``afterany``), joined as both must hold."""
+    ours = f"afterany:{':'.join(after)}" if after else None
+    if own is not None and ours and "?" in str(own):
+        raise ConfigError(f"slurm_dependency={own} uses '?' (any of), which Slurm cannot join "
+                          "with the start job's afterany (all of); use ',' in it, or drop it")
+    return ",".join(str(d) for d in (own, ours) if d is not None) or None
+
+
+def attach_or_submit(repo: Path, commit: str, experiments: list[Experiment],
+                     submit: Callable[..., Any],
+                     waits: Mapping[str, list[tuple[str, str]]] | None = None) -> dict:
     """{name: submitit job}: the job a killed earlier study submitted for this commit, while
     Slurm still has it queued or running; a new job for every other one, recorded in
-    :class:`Submitted` the moment it is submitted.
+    :class:`Submitted` the moment it is submitted. ``submit(after, fn, *args)``: a job of
+    ``fn(*args)`` that runs after the job ids ``after``.
 
     Experiments that share a start (``waits``) run after one start job that makes it (Slurm's
-    ``afterany``: were it to fail, they would make it themselves), named ``start-<the first
-    experiment>``, instead of each training it at the same time. ``dependency``: the user's
-    own ``slurm_dependency``, kept beside it.
+    ``afterany``: were it to fail, they would each make it), named ``start-<the first
+    experiment>``, instead of each training it at the same time; none where every experiment
+    of the start is followed again.
     """
     from submitit import SlurmJob
 
     submitted = Submitted(repo)
     starts = start_jobs(waits or {})
     by_name = {e.name: e for e in experiments}
-    work = [(start_job_name(first), make_start, [by_name[first].set_args(), stages], [])
-            for first, stages in starts.items()]
-    for exp in experiments:
-        firsts = {exp.name, *(first for first, _ in (waits or {}).get(exp.name, []))}
-        work.append((exp.name, run_experiment, [exp.set_args()],
-                     [start_job_name(f) for f in sorted(firsts & set(starts))]))
+    after = {e.name: [start_job_name(f) for f in sorted(
+        {e.name, *(f for f, _ in (waits or {}).get(e.name, []))} & set(starts))]
+        for e in experiments}
+    work = [*((start_job_name(f), make_start, [by_name[f].set_args(), stages])
+              for f, stages in starts.items()),
+            *((e.name, run_experiment, [e.set_args()]) for e in experiments)]
     earlier = {name: submitted.job_id(name, commit) for name, *_ in work}
     alive = _queue_states([j for j in earlier.values() if j])
+    needed = {s for name, before in after.items() if earlier[name] not in alive for s in before}
     jobs = {}
-    for name, fn, args, after in work:
+    for name, fn, args in work:
         if earlier[name] in alive:
             jobs[name] = SlurmJob(folder=repo / JOBS_DIR / "logs" / "%j", job_id=earlier[name])
             print(f"  {name} (job {earlier[name]}): followed again, not resubmitted",
                   flush=True)
-            continue
-        ids = [jobs[a].job_id for a in after]
-        ours = f"afterany:{':'.join(ids)}" if ids else None
-        executor.update_parameters(
-            slurm_dependency=",".join(d for d in (dependency, ours) if d) or None)
-        jobs[name] = executor.submit(fn, str(repo), commit, name, *args)
-        submitted.record(name, commit, jobs[name].job_id)
+        elif name in by_name or name in needed:
+            jobs[name] = submit([jobs[s].job_id for s in after.get(name, []) if s in jobs], fn,
+                                str(repo), commit, name, *args)
+            submitted.record(name, commit, jobs[name].job_id)
     return jobs
 
 
@@ -186,14 +196,24 @@ def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
     repo = repo.resolve()
     commit = _require_clean(repo)
     params = slurm_parameters(options)
-    executor = submitit.AutoExecutor(folder=repo / JOBS_DIR / "logs" / "%j", cluster="slurm")
-    executor.update_parameters(name="normbench", **params)
+    own = params.pop("slurm_dependency", None)
+
+    def submit(after: list[str], fn: Callable[..., Any], *args: Any) -> Any:
+        # An executor per job: submitit keeps a dependency once set (None means "unchanged").
+        executor = submitit.AutoExecutor(folder=repo / JOBS_DIR / "logs" / "%j",
+                                         cluster="slurm")
+        executor.update_parameters(name="normbench", **params,
+                                   slurm_dependency=dependency(own, after))
+        return executor.submit(fn, *args)
+
     # The job imports this module with the same Python, from this checkout.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    jobs = attach_or_submit(repo, commit, experiments, executor, waits,
-                            params.get("slurm_dependency"))
+    if waits:
+        dependency(own, ["0"])  # a dependency it cannot join: refused before any job is submitted
+    jobs = attach_or_submit(repo, commit, experiments, submit, waits)
+    names = {e.name for e in experiments}
     states: dict[str, str] = {}
 
     def poll() -> bool:
@@ -202,17 +222,19 @@ def run_on_slurm(repo: Path, experiments: list[Experiment], options: list[str],
             state = job_state(job, queued)
             if states.get(name) != state:
                 states[name] = state
-                print(f"  {name} (job {job.job_id}): {state}", flush=True)
+                why = (f" ({job.paths.stdout}): the experiments after it make the start each"
+                       if state == "failed" and name not in names else "")
+                print(f"  {name} (job {job.job_id}): {state}{why}", flush=True)
         return all(s in ("done", "failed") for s in states.values())
 
     try:
         follow(poll, poll_s)
     except KeyboardInterrupt:
-        for job in jobs.values():
+        for job in reversed(jobs.values()):  # a cancelled start job would free its followers
             job.cancel(check=False)
         print("study interrupted: its Slurm jobs are cancelled; finished cells are in the shared "
               "DVC cache; run the same command to resume", file=sys.stderr)
         raise
     return {name: "done" if state == "done" else
             f"failed: {jobs[name].paths.stdout} (errors: {jobs[name].paths.stderr})"
-            for name, state in states.items() if name in {e.name for e in experiments}}
+            for name, state in states.items() if name in names}
