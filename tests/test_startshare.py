@@ -4,7 +4,6 @@ queue workers training a shared pretrained start once."""
 
 import copy
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +20,6 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 def starts_of(exps, params=PARAMS) -> dict:
     return {e.name: startshare.start_stages(apply_sets(copy.deepcopy(params), list(e.params)))
             for e in exps}
-
-
-def sh_env(repo: Path, env: dict, *cmd: str) -> str:
-    """``sh`` with an environment of its own."""
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
 
 
 def test_the_first_experiment_to_train_a_start_trains_it_and_only_a_trained_start_waits():
@@ -174,7 +166,8 @@ def test_queueing_is_tried_again_while_a_worker_holds_dvcs_lock(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_study_on_two_workers_pretrains_a_shared_start_once(reproduced_tiny_project, tmp_path):
+def test_a_study_on_two_workers_pretrains_a_shared_start_once(reproduced_tiny_project, tmp_path,
+                                                              monkeypatch):
     repo = tmp_path / "repo"
     copy_project(reproduced_tiny_project, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -183,10 +176,10 @@ def test_a_study_on_two_workers_pretrains_a_shared_start_once(reproduced_tiny_pr
     params["start"]["pretrained"]["train"].update(epochs=1, batch_size=16, val_fraction=0.25)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(repo, "git", "commit", "-qam", "a small pretraining")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TORCH_HOME": str(repo / "torch"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = sh_env(repo, env, sys.executable, "-m", "normbench.study", "--weights", "pretrained",
-                 "--norms", "dataset", "minmax", "--seeds", "223", "--jobs", "2")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    monkeypatch.setenv("TORCH_HOME", str(repo / "torch"))
+    out = sh(repo, sys.executable, "-m", "normbench.study", "--weights", "pretrained",
+             "--norms", "dataset", "minmax", "--seeds", "223", "--jobs", "2")
     lead, late = plan(["dataset", "minmax"], ["pretrained"], [223])
     assert f"{late.name}: waits for start@{TINY_MODEL} of {lead.name}" in out, out
     logs = {e.name: sh(repo, "dvc", "queue", "logs", e.name) for e in (lead, late)}
