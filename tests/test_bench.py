@@ -522,6 +522,62 @@ def test_suite_time_charges_each_test_its_cpu_detached_processes_included(tmp_pa
     assert "test_burn.py::test_detached" in proc.stdout.split("slowest tests")[1].splitlines()[1]
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["/v/bin/dvc", "exp", "run", "--queue", "-S", "norm=minmax"], "dvc exp run"),
+    (["/v/bin/dvc", "repro", "stats@shapes"], "dvc repro"),
+    (["/v/bin/dvc"], "dvc"),
+    (["stages/train.py", "--model", "smallcnn"], "stages/train"),
+    (["/tmp/x/src/normbench/study.py", "--norms", "dataset"], "normbench.study"),  # -m
+    (["/tmp/x/bench/machine_pin.py", "--worker"], "bench/machine_pin"),
+    (["-c", "json"], "python -c"), ([], "python -c")])
+def test_process_kinds_name_the_stage_command_or_script(argv, expected):
+    assert importlib.import_module("process_cpu").kind(argv) == expected
+
+
+# A command of four Python processes: this one waits for a child that burns 0.5 CPU-s, one
+# killed by SIGKILL (no exit hook runs: not counted) and one under a file size limit that ends
+# within its row (not counted, no half row, and it ends as it would: exit 0, nothing said).
+FOUR_PROCESSES = """
+import os, resource, signal, subprocess, sys
+burn = "import time\\nend = time.process_time() + 0.5\\nwhile time.process_time() < end: pass"
+subprocess.run([sys.executable, "-c", burn, "burner"])
+killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+killed.send_signal(signal.SIGKILL)
+killed.wait()
+limit = os.path.getsize(os.environ["NORMBENCH_PROCESS_LOG"]) + 10
+limited = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit,) * 2))
+sys.exit(3 if (limited.returncode, limited.stderr) == (0, "") else 4)
+"""
+
+
+def test_process_cpu_counts_each_python_process_once_by_kind_and_leaves_no_hook(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    log = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cpu.py"), "--venv",
+                           str(venv), "--log", str(log), "--", python, "-c", FOUR_PROCESSES],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr  # the command's exit code, all as it would be
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["argv"][-1] for r in rows) == ["-c", "burner"], rows  # not the killed one
+    burner = next(r for r in rows if r["argv"][-1] == "burner")
+    waiter = next(r for r in rows if r["argv"][-1] == "-c")
+    assert 0.5 <= burner["cpu_s"] < 1.5 and waiter["cpu_s"] < 0.5, rows  # its own CPU only
+    total = burner["cpu_s"] + waiter["cpu_s"]
+    assert proc.stdout.splitlines() == [
+        f"2 processes, {total:.0f} CPU-s", f"{'CPU-s':>8} {'runs':>5} {'median':>7} "
+        f"{'least':>6}  kind", f"{total:8.1f}     2 {total / 2:7.2f} {waiter['cpu_s']:6.2f}  "
+        "python -c"], proc.stdout
+    # The hook is gone: the environment's Python starts as before, logging nothing.
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert not list(site.glob("normbench_process_cpu*")), list(site.iterdir())
+    subprocess.run([python, "-c", "pass"], env={**os.environ, "NORMBENCH_PROCESS_LOG": str(log)},
+                   check=True)
+    assert len(log.read_text().splitlines()) == 2
+
+
 def test_stage_imports_times_the_stages_and_the_eager_reference():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "stage_imports.py"),
                            "--repeats", "1"], capture_output=True, text=True, timeout=300)
