@@ -522,32 +522,63 @@ def test_suite_time_charges_each_test_its_cpu_detached_processes_included(tmp_pa
     assert "test_burn.py::test_detached" in proc.stdout.split("slowest tests")[1].splitlines()[1]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["/v/bin/dvc", "exp", "run", "--queue", "-S", "norm=minmax"], "dvc exp run"),
-    (["/v/bin/dvc", "repro", "stats@shapes"], "dvc repro"),
-    (["/v/bin/dvc"], "dvc"),
-    (["stages/train.py", "--model", "smallcnn"], "stages/train"),
-    (["/tmp/x/src/normbench/study.py", "--norms", "dataset"], "normbench.study"),  # -m
-    (["/tmp/x/bench/machine_pin.py", "--worker"], "bench/machine_pin"),
-    (["-c", "json"], "python -c"), ([], "python -c")])
-def test_process_kinds_name_the_stage_command_or_script(argv, expected):
-    assert importlib.import_module("process_cpu").kind(argv) == expected
+@pytest.mark.parametrize("argv, orig_argv, expected", [
+    (["/v/bin/dvc", "exp", "run", "--queue"], ["/v/bin/python", "/v/bin/dvc", "exp", "run"],
+     "dvc exp run"),
+    (["/v/bin/dvc", "repro", "stats@shapes"], [], "dvc repro"),
+    (["/v/bin/dvc", "config", "--local", "a", "b"], [], "dvc config"),
+    (["/v/lib/dvc/__main__.py", "daemon", "analytics", "f"], [], "dvc daemon analytics"),
+    (["/v/bin/dvc"], [], "dvc"),
+    (["stages/train.py", "--model", "smallcnn"], ["python", "stages/train.py"], "stages/train"),
+    (["train.py"], [], "train"),
+    (["/x/src/normbench/study.py", "--norms"], ["python", "-u", "-m", "normbench.study"],
+     "normbench.study"),
+    (["/x/src/normbench/__main__.py", "study"], ["python", "-m", "normbench", "study"],
+     "normbench"),
+    (["/tmp/x/bench/machine_pin.py", "--worker"], [], "bench/machine_pin"),
+    # A program that rewrote sys.argv to run a script: what the interpreter ran, -c.
+    (["stages/download.py", "shapes"], ["python", "-c", "import runpy, sys, torch\nx"],
+     "python -c import runpy, sys, torch"),
+    (["-c"], ["python", "-c", "import sys;exec(eval(sys.stdin.readline()))"],
+     "python -c import sys;exec(eval(sys.stdin.readline("),  # its first 40 characters
+    (["-c", "json"], [], "python -c"), ([], [], "python -c")])
+def test_process_kinds_name_the_stage_command_or_script(argv, orig_argv, expected):
+    assert importlib.import_module("process_cpu").kind(argv, orig_argv) == expected
 
 
-# A command of four Python processes: this one waits for a child that burns 0.5 CPU-s, one
-# killed by SIGKILL (no exit hook runs: not counted) and one under a file size limit that ends
-# within its row (not counted, no half row, and it ends as it would: exit 0, nothing said).
-FOUR_PROCESSES = """
+def test_the_process_table_ranks_kinds_by_cpu_with_median_and_least():
+    rows = [{"argv": ["stages/train.py"], "cpu_s": c} for c in (1.0, 2.0, 9.0)] + \
+           [{"argv": ["stages/report.py"], "cpu_s": c} for c in (3.0, 4.0)] + \
+           [{"argv": ["/v/bin/dvc", "repro"], "cpu_s": 0.5}]
+    lines = importlib.import_module("process_cpu").table(rows, top=2).splitlines()
+    assert lines[0] == "6 processes, 20 CPU-s"
+    assert [line.split() for line in lines[2:]] == [
+        ["12.0", "3", "2.00", "1.00", "stages/train"],  # the median, not the mean (4.0)
+        ["7.0", "2", "3.50", "3.00", "stages/report"],
+        ["0.5", "1", "in", "1", "more", "kinds"]]
+
+
+# A command of five Python processes: this one waits for a child that burns 0.5 CPU-s in a
+# folder of its own, one killed by SIGKILL once it runs (no exit hook: not counted), one under
+# a file size limit smaller than its row (not counted, and it ends as it would: exit 0, nothing
+# said), and one with the variable cleared (the hook is not even imported: nothing counted).
+FIVE_PROCESSES = """
 import os, resource, signal, subprocess, sys
 burn = "import time\\nend = time.process_time() + 0.5\\nwhile time.process_time() < end: pass"
-subprocess.run([sys.executable, "-c", burn, "burner"])
-killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+os.mkdir("sub")
+subprocess.run([sys.executable, "-c", burn, "burner"], cwd="sub")
+killed = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); input()"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert killed.stdout.readline() == "up\\n"
 killed.send_signal(signal.SIGKILL)
 killed.wait()
-limit = os.path.getsize(os.environ["NORMBENCH_PROCESS_LOG"]) + 10
 limited = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit,) * 2))
-sys.exit(3 if (limited.returncode, limited.stderr) == (0, "") else 4)
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10)))
+cleared = subprocess.run([sys.executable, "-c", "import sys; print(sorted(sys.modules))"],
+                         capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "NORMBENCH_PROCESS_LOG"})
+unhooked = "normbench_process_cpu" not in cleared.stdout and cleared.stderr == ""
+sys.exit(3 if (limited.returncode, limited.stderr, unhooked) == (0, "", True) else 4)
 """
 
 
@@ -557,25 +588,36 @@ def test_process_cpu_counts_each_python_process_once_by_kind_and_leaves_no_hook(
     python = str(venv / "bin" / "python")
     log = tmp_path / "rows.jsonl"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cpu.py"), "--venv",
-                           str(venv), "--log", str(log), "--", python, "-c", FOUR_PROCESSES],
-                          capture_output=True, text=True, timeout=120)
+                           str(venv), "--log", str(log), "--", python, "-c", FIVE_PROCESSES],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr  # the command's exit code, all as it would be
+    assert "cut short" not in proc.stderr  # the limited process left no half row
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert sorted(r["argv"][-1] for r in rows) == ["-c", "burner"], rows  # not the killed one
+    assert sorted(r["argv"][-1] for r in rows) == ["-c", "burner"], rows
     burner = next(r for r in rows if r["argv"][-1] == "burner")
     waiter = next(r for r in rows if r["argv"][-1] == "-c")
     assert 0.5 <= burner["cpu_s"] < 1.5 and waiter["cpu_s"] < 0.5, rows  # its own CPU only
     total = burner["cpu_s"] + waiter["cpu_s"]
-    assert proc.stdout.splitlines() == [
-        f"2 processes, {total:.0f} CPU-s", f"{'CPU-s':>8} {'runs':>5} {'median':>7} "
-        f"{'least':>6}  kind", f"{total:8.1f}     2 {total / 2:7.2f} {waiter['cpu_s']:6.2f}  "
-        "python -c"], proc.stdout
-    # The hook is gone: the environment's Python starts as before, logging nothing.
+    assert proc.stdout.splitlines()[0] == f"2 processes, {total:.0f} CPU-s", proc.stdout
+    runs = [line.split()[1] for line in proc.stdout.splitlines()[2:]]
+    assert runs == ["1", "1"], proc.stdout  # two kinds: their -c code differs
+    # The hook is gone: the environment's Python starts as before.
     site = next((venv / "lib").glob("python*/site-packages"))
-    assert not list(site.glob("normbench_process_cpu*")), list(site.iterdir())
-    subprocess.run([python, "-c", "pass"], env={**os.environ, "NORMBENCH_PROCESS_LOG": str(log)},
-                   check=True)
-    assert len(log.read_text().splitlines()) == 2
+    assert not list(site.rglob("normbench_process_cpu*")), list(site.rglob("*"))
+    # A hook left by another run (or a killed one) is refused, not overwritten or removed.
+    (site / "normbench_process_cpu.pth").write_text("")
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cpu.py"), "--venv",
+                            str(venv), "--", python, "-c", "pass"], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 1 and "remove it and run again" in again.stderr, again.stderr
+    assert (site / "normbench_process_cpu.pth").is_file()
+    # A command killed by a signal: the shell's exit code for it, 128 + 9.
+    (site / "normbench_process_cpu.pth").unlink()
+    killed = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cpu.py"), "--venv",
+                             str(venv), "--", python, "-c",
+                             "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 137, killed.stderr
 
 
 def test_stage_imports_times_the_stages_and_the_eager_reference():
