@@ -36,6 +36,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from suite_time import environ_value  # bench/, this script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 LOG_ENV = "NORMBENCH_PROCESS_LOG"  # the folder the processes write their rows to
 LINGER_S = 30  # how long processes still running under the command may take to end
@@ -129,14 +131,8 @@ def site_packages(venv: Path) -> Path:
 
 def running_under(folder: Path) -> bool:
     """Whether a process that will write to ``folder`` still runs."""
-    marker = f"{LOG_ENV}={folder}".encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
-                return True
-        except OSError:  # gone meanwhile, or not ours to read
-            pass
-    return False
+    return any(environ_value(int(entry.name), LOG_ENV) == str(folder)
+               for entry in Path("/proc").iterdir() if entry.name.isdigit())
 
 
 def run_hooked(command: list[str], venv: Path, folder: Path) -> int:

@@ -84,15 +84,20 @@ def pytest_runtest_protocol(item, nextitem):
 
 # --- the runner ---------------------------------------------------------------------------------
 
-def test_of(pid: int) -> str | None:
-    """The test a process was started under, from its environment (None: none, or gone)."""
+def environ_value(pid: int, name: str) -> str | None:
+    """The variable ``name`` in a process's environment (None: unset, gone, or not ours)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return None
-    prefix = f"{TEST_ENV}=".encode()
+    prefix = f"{name}=".encode()
     return next((v[len(prefix):].decode(errors="replace") for v in environ
                  if v.startswith(prefix)), None)
+
+
+def test_of(pid: int) -> str | None:
+    """The test a process was started under, from its environment (None: none, or gone)."""
+    return environ_value(pid, TEST_ENV)
 
 
 def parents() -> dict[int, int]:
